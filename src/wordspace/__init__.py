@@ -1,0 +1,1 @@
+"""wordspace: layer-by-layer similarity of word representations."""

@@ -1,0 +1,1 @@
+"""Imports every adapter module so that each registers its models (one import line per module)."""

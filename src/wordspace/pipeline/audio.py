@@ -19,7 +19,9 @@ def audio_info(path: str | Path) -> tuple[int, float]:
     try:
         info = soundfile.info(str(path))
     except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
-        raise WordspaceError(f"{path}: unreadable audio ({error}); convert it to FLAC or WAV") from error
+        raise WordspaceError(
+            f"{path}: unreadable audio ({error}); convert it to FLAC or WAV"
+        ) from error
     if info.frames == 0:
         raise WordspaceError(f"{path}: audio file is empty; remove it or replace it")
     return int(info.samplerate), info.frames / info.samplerate
@@ -38,7 +40,9 @@ def load_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.nda
     try:
         samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
-        raise WordspaceError(f"{path}: unreadable audio ({error}); convert it to FLAC or WAV") from error
+        raise WordspaceError(
+            f"{path}: unreadable audio ({error}); convert it to FLAC or WAV"
+        ) from error
     if samples.shape[0] == 0:
         raise WordspaceError(f"{path}: audio file is empty; remove it or replace it")
     mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]

@@ -1,4 +1,4 @@
-"""Praat TextGrid files (long and short text formats), as the Montreal Forced Aligner writes them."""
+"""Praat TextGrid files (long and short text formats), as Montreal Forced Aligner writes them."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ def format_textgrid(grid: TextGrid) -> str:
 
 
 def fill_gaps(intervals: list[Interval], xmin: float, xmax: float) -> list[Interval]:
-    """Intervals covering [xmin, xmax] without gaps, empty labels filling the holes (as Praat needs)."""
+    """Intervals covering [xmin, xmax] without gaps, empty labels in the holes (as Praat needs)."""
     filled: list[Interval] = []
     cursor = xmin
     for interval in sorted(intervals, key=lambda item: item.start):

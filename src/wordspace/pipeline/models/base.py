@@ -121,7 +121,7 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def embed(self, utterances: list[Utterance]) -> list[np.ndarray]:
-        """For each utterance, (layers, words, dim) float32; NaN rows for words it cannot represent."""
+        """Per utterance, (layers, words, dim) float32; NaN rows for words it cannot represent."""
 
 
 class AudioModelAdapter(ModelAdapter):
@@ -132,7 +132,7 @@ class AudioModelAdapter(ModelAdapter):
 
     @abstractmethod
     def frames(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
-        """For each waveform (at `geometry.sample_rate`), its frames (layers, frames, dim), no padding."""
+        """Per waveform (at `geometry.sample_rate`), its frames (layers, frames, dim), no padding."""
 
     def embed(self, utterances: list[Utterance]) -> list[np.ndarray]:
         assert self.geometry is not None

@@ -132,7 +132,7 @@ class AudioModelAdapter(ModelAdapter):
 
     @abstractmethod
     def frames(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
-        """Per waveform (at `geometry.sample_rate`), its frames (layers, frames, dim), no padding."""
+        """Per waveform (at `geometry.sample_rate`): frames (layers, frames, dim), no padding."""
 
     def embed(self, utterances: list[Utterance]) -> list[np.ndarray]:
         assert self.geometry is not None

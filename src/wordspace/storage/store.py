@@ -1,0 +1,341 @@
+"""The store: one Zarr (format 3) hierarchy per corpus, at a local path or any fsspec URL.
+
+Layout::
+
+    /                       word table: coordinates on dims `word` (one per token) and `utt`
+    /models/<name>          `embedding` (layer, word, dim), `layer` names, `block_complete`
+    /comparisons/<a>__<b>   results with dims (layer_a, layer_b, ...)
+
+Writes that users wait for are atomic or resumable: the word table is written beside the store
+and moved into place (local) or marked complete last (object storage); embeddings are written a
+block of words at a time, each block marked complete after its data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.storage import FsspecStore, LocalStore
+
+from wordspace.errors import WordspaceError
+
+COMPLETE = "wordspace_complete"
+SCHEMA_VERSION = 1
+WORD_TABLE_CHUNK = 1_000_000
+EMBEDDING_CHUNK_WORDS = 1024
+MAX_WORDS_PER_BLOCK = 16_384
+
+
+def is_local(url: str | os.PathLike) -> bool:
+    """Whether `url` names a local path (plain path or file://)."""
+    text = str(url)
+    return "://" not in text or text.startswith("file://")
+
+
+def _local_path(url: str | os.PathLike) -> Path:
+    return Path(str(url).removeprefix("file://"))
+
+
+def zarr_store(url: str | os.PathLike, read_only: bool = False) -> zarr.abc.store.Store:
+    """A Zarr store object for a local path or an fsspec URL (s3://, gs://, memory://, ...)."""
+    if is_local(url):
+        return LocalStore(_local_path(url), read_only=read_only)
+    return FsspecStore.from_url(str(url), read_only=read_only)
+
+
+def store_exists(url: str | os.PathLike) -> bool:
+    """Whether a complete word table is stored at `url`."""
+    try:
+        root = zarr.open_group(zarr_store(url, read_only=True), mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
+        return False
+    return bool(root.attrs.get(COMPLETE))
+
+
+def word_table_fingerprint(table: xr.Dataset) -> str:
+    """A hash of what identifies a corpus's word tokens: utterances, words and their times."""
+    digest = hashlib.sha256()
+    for name in ("utterance", "text"):
+        digest.update("\n".join(map(str, table[name].values)).encode())
+    for name in ("start", "end"):
+        digest.update(np.ascontiguousarray(table[name].values, dtype=np.float64).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def _write_table(table: xr.Dataset, target: zarr.abc.store.Store) -> None:
+    encoding = {
+        name: {"chunks": (min(WORD_TABLE_CHUNK, max(1, table.sizes[table[name].dims[0]])),)}
+        for name in table.variables
+    }
+    table.to_zarr(target, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
+
+
+def write_word_table(url: str | os.PathLike, table: xr.Dataset) -> bool:
+    """Create the store with `table`; False when it already holds this very corpus.
+
+    A store that holds a different corpus is an error; a half-written one is replaced.
+    """
+    fingerprint = word_table_fingerprint(table)
+    if store_exists(url):
+        existing = zarr.open_group(zarr_store(url, read_only=True), mode="r").attrs
+        if existing.get("fingerprint") == fingerprint:
+            return False
+        raise WordspaceError(
+            f"{url}: store already holds a different corpus ({existing.get('n_words')} words); "
+            "choose another --store path or delete it"
+        )
+    table = table.assign_attrs(
+        fingerprint=fingerprint,
+        n_words=table.sizes["word"],
+        schema_version=SCHEMA_VERSION,
+    )
+    if is_local(url):
+        final = _local_path(url)
+        partial = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
+        try:
+            _write_table(table, LocalStore(partial))
+            zarr.open_group(LocalStore(partial), mode="r+").attrs[COMPLETE] = True
+            if final.exists():
+                shutil.rmtree(final)
+            partial.rename(final)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return True
+    target = zarr_store(url)
+    try:
+        _write_table(table, target)
+        zarr.open_group(target, mode="r+").attrs[COMPLETE] = True
+    except BaseException:
+        _remove_remote(url)
+        raise
+    return True
+
+
+def _remove_remote(url: str) -> None:
+    import fsspec
+
+    filesystem, path = fsspec.core.url_to_fs(url)
+    if filesystem.exists(path):
+        filesystem.rm(path, recursive=True)
+
+
+def _require_store(url: str | os.PathLike) -> None:
+    if not store_exists(url):
+        raise WordspaceError(
+            f"{url}: no word table here; create the store first with "
+            "`wordspace index CORPUS --alignments ALIGN --store STORE`"
+        )
+
+
+def open_word_table(url: str | os.PathLike) -> xr.Dataset:
+    """The word table, lazily (dask-backed coordinates)."""
+    _require_store(url)
+    return xr.open_zarr(zarr_store(url, read_only=True), consolidated=False, zarr_format=3)
+
+
+def root_attrs(url: str | os.PathLike) -> dict[str, Any]:
+    """The store root's attributes (corpus root, fingerprint, word count)."""
+    _require_store(url)
+    return dict(zarr.open_group(zarr_store(url, read_only=True), mode="r").attrs)
+
+
+def model_group_path(model: str) -> str:
+    return f"models/{model}"
+
+
+def words_per_block(n_words: int) -> int:
+    """Words written per task: about 16 blocks for small stores, capped for large ones."""
+    per_block = -(-n_words // 16)
+    per_block = -(-per_block // EMBEDDING_CHUNK_WORDS) * EMBEDDING_CHUNK_WORDS
+    return int(min(MAX_WORDS_PER_BLOCK, max(EMBEDDING_CHUNK_WORDS, per_block)))
+
+
+def create_embedding(
+    url: str | os.PathLike,
+    model: str,
+    *,
+    layer_names: list[str],
+    n_words: int,
+    dim: int,
+    dtype: str,
+    block_words: int,
+    attrs: dict[str, Any],
+) -> None:
+    """Create `/models/<model>` (or check that the existing one has the same shape and settings)."""
+    _require_store(url)
+    root = zarr.open_group(zarr_store(url), mode="r+")
+    path = model_group_path(model)
+    shape = (len(layer_names), n_words, dim)
+    if path in root:
+        existing = root[path]
+        same = (
+            existing["embedding"].shape == shape
+            and str(existing["embedding"].dtype) == dtype
+            and existing.attrs.get("block_words") == block_words
+        )
+        if not same:
+            raise WordspaceError(
+                f"{url}: model group {model!r} exists with another shape, dtype or block size "
+                f"({existing['embedding'].shape}, {existing['embedding'].dtype}); "
+                "pass --name to store this run under another name, or --overwrite"
+            )
+        return
+    chunk_words = min(EMBEDDING_CHUNK_WORDS, block_words)
+    group = root.create_group(path)
+    n_blocks = -(-n_words // block_words)
+    embedding = group.create_array(
+        "embedding",
+        shape=shape,
+        dtype=dtype,
+        chunks=(1, chunk_words, dim),
+        shards=(1, block_words, dim) if block_words > chunk_words else None,
+        fill_value=np.nan,
+        dimension_names=("layer", "word", "dim"),
+    )
+    embedding.attrs["_FillValue"] = "NaN"
+    layer = group.create_array(
+        "layer", shape=(len(layer_names),), dtype=str, dimension_names=("layer",)
+    )
+    layer[:] = np.asarray(layer_names, dtype=object)
+    # One chunk per flag, so concurrent writers of different blocks never touch the same object.
+    group.create_array(
+        "block_complete",
+        shape=(n_blocks,),
+        dtype="uint8",
+        chunks=(1,),
+        fill_value=0,
+        dimension_names=("block",),
+    )
+    group.create_array(
+        "block_missing_words",
+        shape=(n_blocks,),
+        dtype="int64",
+        chunks=(1,),
+        fill_value=0,
+        dimension_names=("block",),
+    )
+    group.attrs.update({**attrs, "block_words": block_words, "n_blocks": n_blocks})
+
+
+def delete_model(url: str | os.PathLike, model: str) -> None:
+    """Remove `/models/<model>` and everything in it."""
+    root = zarr.open_group(zarr_store(url), mode="r+")
+    if model_group_path(model) in root:
+        del root[model_group_path(model)]
+
+
+def block_bounds(url: str | os.PathLike, model: str) -> list[tuple[int, int]]:
+    """[start, stop) word range of every block of the model's array."""
+    group = zarr.open_group(zarr_store(url, read_only=True), path=model_group_path(model), mode="r")
+    n_words = group["embedding"].shape[1]
+    block_words = int(group.attrs["block_words"])
+    return [(start, min(start + block_words, n_words)) for start in range(0, n_words, block_words)]
+
+
+def incomplete_blocks(url: str | os.PathLike, model: str) -> list[int]:
+    """Indices of the blocks not yet marked complete."""
+    group = zarr.open_group(zarr_store(url, read_only=True), path=model_group_path(model), mode="r")
+    return [int(index) for index in np.flatnonzero(group["block_complete"][:] == 0)]
+
+
+def write_embedding_block(
+    url: str | os.PathLike, model: str, block: int, values: np.ndarray
+) -> None:
+    """Write (layers, block words, dim) into block `block`, then mark it complete."""
+    group = zarr.open_group(zarr_store(url), path=model_group_path(model), mode="r+")
+    embedding = group["embedding"]
+    start = block * int(group.attrs["block_words"])
+    stop = start + values.shape[1]
+    if values.shape != (embedding.shape[0], stop - start, embedding.shape[2]):
+        raise ValueError(f"block {block} has shape {values.shape}, expected {embedding.shape}")
+    embedding[:, start:stop, :] = values.astype(embedding.dtype, copy=False)
+    group["block_missing_words"][block] = int(np.isnan(values[0, :, 0]).sum())
+    group["block_complete"][block] = 1
+
+
+def model_attrs(url: str | os.PathLike, model: str) -> dict[str, Any]:
+    group = zarr.open_group(zarr_store(url, read_only=True), path=model_group_path(model), mode="r")
+    return dict(group.attrs)
+
+
+def update_model_attrs(url: str | os.PathLike, model: str, attrs: dict[str, Any]) -> None:
+    group = zarr.open_group(zarr_store(url), path=model_group_path(model), mode="r+")
+    group.attrs.update(attrs)
+
+
+def list_groups(url: str | os.PathLike, parent: str) -> list[str]:
+    """Names of the groups under `parent` ('models' or 'comparisons')."""
+    root = zarr.open_group(zarr_store(url, read_only=True), mode="r")
+    if parent not in root:
+        return []
+    return sorted(name for name, _ in root[parent].groups())
+
+
+def open_embedding(
+    url: str | os.PathLike, model: str, *, chunk_words: int | None = None
+) -> xr.DataArray:
+    """The model's `embedding` (layer, word, dim) as a lazy DataArray with the word coordinates.
+
+    Dask chunks are one layer by one block of words (the unit the store was written in) unless
+    `chunk_words` asks for another length.
+    """
+    if model not in list_groups(url, "models"):
+        known = ", ".join(list_groups(url, "models")) or "none yet"
+        raise WordspaceError(
+            f"{url}: no model {model!r} in the store (extracted: {known}); "
+            f"run `wordspace extract {url} --model {model}` first"
+        )
+    attrs = model_attrs(url, model)
+    chunks = {"layer": 1, "word": chunk_words or int(attrs["block_words"]), "dim": -1}
+    group = xr.open_zarr(
+        zarr_store(url, read_only=True),
+        group=model_group_path(model),
+        consolidated=False,
+        zarr_format=3,
+        chunks=chunks,
+    )
+    table = open_word_table(url)
+    word_coords = {name: table[name] for name in table.coords if table[name].dims == ("word",)}
+    embedding = group["embedding"].assign_coords(word_coords)
+    embedding.attrs = attrs
+    return embedding.rename(model)
+
+
+def comparison_group_path(model_a: str, model_b: str) -> str:
+    return f"comparisons/{model_a}__{model_b}"
+
+
+def write_comparison(
+    url: str | os.PathLike, model_a: str, model_b: str, results: xr.Dataset
+) -> xr.Dataset:
+    """Merge `results` into `/comparisons/<a>__<b>` (its variables replace same-named ones)."""
+    path = comparison_group_path(model_a, model_b)
+    existing = read_comparison(url, model_a, model_b)
+    if existing is not None:
+        kept = existing[[name for name in existing.data_vars if name not in results.data_vars]]
+        attrs = {**existing.attrs, **results.attrs}
+        results = xr.merge([kept, results], compat="override", join="outer")
+        results.attrs = attrs
+    results = results.assign_attrs({COMPLETE: False})
+    results.to_zarr(zarr_store(url), group=path, mode="w", zarr_format=3, consolidated=False)
+    zarr.open_group(zarr_store(url), path=path, mode="r+").attrs[COMPLETE] = True
+    return results
+
+
+def read_comparison(url: str | os.PathLike, model_a: str, model_b: str) -> xr.Dataset | None:
+    """The stored results of a comparison, loaded (they are small), or None."""
+    path = comparison_group_path(model_a, model_b)
+    root = zarr.open_group(zarr_store(url, read_only=True), mode="r")
+    if path not in root or not root[path].attrs.get(COMPLETE):
+        return None
+    return xr.open_zarr(
+        zarr_store(url, read_only=True), group=path, consolidated=False, zarr_format=3
+    ).load()

@@ -1,0 +1,5 @@
+import sys
+
+from wordspace.cli import main
+
+sys.exit(main())

@@ -191,7 +191,7 @@ def create_embedding(
     chunk_words = min(EMBEDDING_CHUNK_WORDS, block_words)
     group = root.create_group(path)
     n_blocks = -(-n_words // block_words)
-    embedding = group.create_array(
+    group.create_array(
         "embedding",
         shape=shape,
         dtype=dtype,
@@ -200,7 +200,6 @@ def create_embedding(
         fill_value=np.nan,
         dimension_names=("layer", "word", "dim"),
     )
-    embedding.attrs["_FillValue"] = "NaN"
     layer = group.create_array(
         "layer", shape=(len(layer_names),), dtype=str, dimension_names=("layer",)
     )

@@ -1,0 +1,88 @@
+"""CCA in closed form from accumulated covariances: whiten each space, then take the singular
+values of the whitened cross-covariance.
+
+Rank cut: a covariance's eigen-directions with eigenvalue at most ``d · eps · λ_max`` are dropped
+before whitening (d the dimension, eps the machine epsilon of the per-chunk products: float32 for
+float16/float32 inputs, float64 for float64 inputs). They are null directions up to rounding
+(constant or collinear columns, fewer words than dimensions) and whitening them would turn
+rounding noise into correlations of 1. Canonical correlations are then
+``min(rank_a, rank_b)`` values. For full-rank but ill-conditioned spaces, use ``ridge``.
+"""
+
+from typing import Any
+
+import numpy as np
+
+from wordspace.errors import WordspaceError
+from wordspace.metrics.statistics import GramStatistics, gram_statistics
+
+
+def _whitener(cov: np.ndarray, ridge: float, precision: float) -> np.ndarray:
+    """``W`` (d, rank) with ``Wᵀ C W = I`` on the kept eigen-directions of the ridged ``C``."""
+    d = cov.shape[0]
+    if ridge:
+        cov = (1 - ridge) * cov + (ridge * np.trace(cov) / d) * np.eye(d)
+    eigenvalues, eigenvectors = np.linalg.eigh(cov)
+    keep = eigenvalues > max(eigenvalues[-1], 0.0) * d * precision
+    if eigenvalues[-1] <= 0:
+        keep[:] = False
+    return eigenvectors[:, keep] / np.sqrt(eigenvalues[keep])
+
+
+def _correlations(white_a: np.ndarray, cross: np.ndarray, white_b: np.ndarray) -> np.ndarray:
+    whitened = white_a.T @ cross @ white_b
+    if whitened.shape[0] > whitened.shape[1]:
+        whitened = whitened.T
+    # eigvalsh of the smaller Gram matrix is several times faster than an SVD at d = 768.
+    squared = np.linalg.eigvalsh(whitened @ whitened.T)[::-1]
+    return np.sqrt(np.clip(squared, 0.0, 1.0))
+
+
+def check_ridge(ridge: float) -> None:
+    if not 0.0 <= ridge <= 1.0:
+        raise WordspaceError(f"ridge={ridge} is outside [0, 1]; pass a shrinkage in [0, 1]")
+
+
+def canonical_correlations_from_statistics(
+    stats: GramStatistics, ridge: float = 0.0
+) -> list[list[np.ndarray]]:
+    """Canonical correlations (decreasing) of every layer pair: ``result[i][j]`` for A_i, B_j."""
+    check_ridge(ridge)
+    la, lb = stats.n_layers
+    white_a = [_whitener(g, ridge, stats.precision) for g in stats.gram_a]
+    white_b = (
+        white_a if stats.same else [_whitener(g, ridge, stats.precision) for g in stats.gram_b]
+    )
+    result: list[list[Any]] = [[None] * lb for _ in range(la)]
+    for i in range(la):
+        for j in range(i if stats.same else 0, lb):
+            result[i][j] = _correlations(white_a[i], stats.cross[i, :, j, :], white_b[j])
+            if stats.same:
+                result[j][i] = result[i][j]
+    return result
+
+
+def cca_from_statistics(stats: GramStatistics, ridge: float = 0.0) -> np.ndarray:
+    """Mean canonical correlation of every layer pair, ``(La, Lb)`` (NaN where a space is empty)."""
+    rows = canonical_correlations_from_statistics(stats, ridge)
+    return np.array([[c.mean() if c.size else np.nan for c in row] for row in rows])
+
+
+def canonical_correlations(x: Any, y: Any, ridge: float = 0.0) -> np.ndarray:
+    """Canonical correlations of ``x`` ``(n, d1)`` and ``y`` ``(n, d2)``, decreasing.
+
+    ``ridge`` shrinks each covariance towards a scaled identity, ``(1-r) C + r (tr C / d) I``.
+    """
+    check_ridge(ridge)
+    return canonical_correlations_from_statistics(gram_statistics(x, y), ridge)[0][0]
+
+
+def cca(x: Any, y: Any, ridge: float = 0.0) -> float:
+    """Mean canonical correlation of ``x`` and ``y``, the study's CCA similarity."""
+    return float(cca_grid(x, y, ridge)[0, 0])
+
+
+def cca_grid(a: Any, b: Any, ridge: float = 0.0) -> np.ndarray:
+    """Mean canonical correlation of every layer of ``a`` with every layer of ``b``: ``(La, Lb)``."""
+    check_ridge(ridge)
+    return cca_from_statistics(gram_statistics(a, b), ridge)

@@ -1,0 +1,52 @@
+"""Every requested layer-pair similarity of two models from one pass over their words."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from wordspace.errors import WordspaceError
+from wordspace.metrics.cca import cca_from_statistics, check_ridge
+from wordspace.metrics.cka import cka_from_statistics
+from wordspace.metrics.statistics import gram_statistics
+
+GRID_METRICS = ("cka", "cka_debiased", "cca")
+
+
+def similarity_grid(
+    a: Any, b: Any, metrics: Sequence[str] = GRID_METRICS, ridge: float = 0.0
+) -> xr.Dataset:
+    """CKA, debiased CKA and/or CCA of every layer of ``a`` with every layer of ``b``.
+
+    ``a`` and ``b`` are ``(layer, word, dim)`` arrays (numpy, cupy, dask, or xarray DataArrays
+    such as ``xr.open_zarr(store)["embedding"]``). Returns a Dataset with one ``(layer_a,
+    layer_b)`` variable per metric, the inputs' layer labels as coordinates, and attributes
+    ``n_words`` (words valid in both inputs) and ``n_excluded`` (words left out for NaN). Passing
+    the same object as ``a`` and ``b`` computes only half of the products.
+    """
+    unknown = sorted(set(metrics) - set(GRID_METRICS))
+    if unknown or not metrics:
+        raise WordspaceError(
+            f"metrics={list(metrics)}: unknown or empty; choose from {', '.join(GRID_METRICS)}"
+        )
+    check_ridge(ridge)
+    stats = gram_statistics(a, b, debiased="cka_debiased" in metrics)
+    finish = {
+        "cka": lambda: cka_from_statistics(stats),
+        "cka_debiased": lambda: cka_from_statistics(stats, debiased=True),
+        "cca": lambda: cca_from_statistics(stats, ridge),
+    }
+    labels_a = _layer_labels(a, stats.n_layers[0])
+    labels_b = _layer_labels(b, stats.n_layers[1])
+    return xr.Dataset(
+        {name: (("layer_a", "layer_b"), finish[name]()) for name in metrics},
+        coords={"layer_a": labels_a, "layer_b": labels_b},
+        attrs={"n_words": stats.n_words, "n_excluded": stats.n_excluded, "cca_ridge": ridge},
+    )
+
+
+def _layer_labels(x: Any, n_layers: int) -> np.ndarray:
+    if "layer" in getattr(x, "dims", ()) and "layer" in x.coords:
+        return np.asarray(x.coords["layer"].values)
+    return np.arange(n_layers)

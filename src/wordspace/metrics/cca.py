@@ -83,6 +83,6 @@ def cca(x: Any, y: Any, ridge: float = 0.0) -> float:
 
 
 def cca_grid(a: Any, b: Any, ridge: float = 0.0) -> np.ndarray:
-    """Mean canonical correlation of every layer of ``a`` with every layer of ``b``: ``(La, Lb)``."""
+    """Mean canonical correlation of every layer of ``a`` with every layer of ``b``, (La, Lb)."""
     check_ridge(ridge)
     return cca_from_statistics(gram_statistics(a, b), ridge)

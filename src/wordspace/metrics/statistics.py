@@ -334,19 +334,14 @@ def _add_row_norm_products(
     means = [*mean_a] if stats.same else [*mean_a, *mean_b]
     grams = [*stats.gram_a] if stats.same else [*stats.gram_a, *stats.gram_b]
     sq_means = np.array([m @ m for m in means])
+    rho = s["norms_norms"]
     # Σρᵢ over the shifted data = centred trace + n‖μᵢ‖².
     sums_of_norms = np.array([np.trace(g) for g in grams]) + n * sq_means
-    x_by_norms = [s["a_norms"].reshape(la, -1, s["a_norms"].shape[1])]
-    if not stats.same:
-        x_by_norms.append(s["b_norms"].reshape(lb, -1, s["b_norms"].shape[1]))
     # mean_dot[i, j] = μᵢ · Σ x̃ᵢ ρⱼ
-    mean_dot = np.concatenate(
-        [
-            np.einsum("lk,lkj->lj", m, xr)
-            for m, xr in zip((mean_a, mean_b), x_by_norms, strict=False)
-        ]
-    )
-    rho = s["norms_norms"]
+    mean_dot = np.einsum("lk,lkj->lj", mean_a, s["a_norms"].reshape(la, -1, rho.shape[1]))
+    if not stats.same:
+        b_dot = np.einsum("lk,lkj->lj", mean_b, s["b_norms"].reshape(lb, -1, rho.shape[1]))
+        mean_dot = np.concatenate([mean_dot, b_dot])
 
     def q(i: Any, j: Any, mean_cross_mean: np.ndarray) -> np.ndarray:
         return (

@@ -26,6 +26,38 @@ def _models(args: argparse.Namespace) -> None:
         print(line)
 
 
+def _extract(args: argparse.Namespace) -> None:
+    from wordspace.pipeline.extract import extract_model
+
+    summary = extract_model(
+        args.store,
+        args.model,
+        name=args.name,
+        device=args.device,
+        dtype=args.dtype,
+        batch_seconds=args.batch_seconds,
+        layers=args.layers,
+        scheduler=args.scheduler,
+        workers=args.workers,
+    )
+    for line in summary.lines():
+        print(line)
+
+
+def _align(args: argparse.Namespace) -> None:
+    from wordspace.pipeline.align import align_corpus
+
+    summary = align_corpus(args.corpus, args.out, workers=args.workers)
+    for line in summary.lines():
+        print(line)
+
+
+def _align_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("corpus", type=Path, help="corpus folder with audio and .trans.txt files")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the TextGrids")
+    parser.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
+
+
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable]
 
 
@@ -40,9 +72,34 @@ def _index_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _extract_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("store", help="store path or URL (made by `wordspace index`)")
+    parser.add_argument("--model", required=True, help="model name (see `wordspace models`)")
+    parser.add_argument("--name", help="store group name (default: the model name)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    parser.add_argument(
+        "--batch-seconds", type=float, default=60.0, help="audio seconds per forward batch"
+    )
+    parser.add_argument("--layers", help="comma-separated layer indices to keep (default: all)")
+    _cluster_arguments(parser)
+
+
+def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scheduler", help="Dask scheduler address (default: a local cluster)")
+    parser.add_argument("--workers", type=int, help="workers of the local cluster")
+
+
 COMMANDS: list[Command] = [
     ("index", "index a corpus's word alignments into a new store", _index_arguments, _index),
+    ("align", "force-align a corpus with pocketsphinx into TextGrids", _align_arguments, _align),
     ("models", "list the models wordspace can extract", lambda parser: None, _models),
+    (
+        "extract",
+        "extract every layer of a model for every word token",
+        _extract_arguments,
+        _extract,
+    ),
 ]
 
 

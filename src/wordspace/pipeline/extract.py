@@ -1,0 +1,392 @@
+"""The extract stage: one model, every layer, one vector per word token, written block by block.
+
+The store's word axis is cut into blocks (the unit of a Dask task, of a region write and of a
+completion mark). A task embeds every utterance that has words in its block (whole utterances,
+so text models see their full context), keeps the block's rows and writes them. A rerun after an
+interruption does only the blocks not marked complete, so its result equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from distributed import Client, as_completed
+from tqdm import tqdm
+
+import wordspace
+from wordspace.cluster import dask_client
+from wordspace.errors import WordspaceError
+from wordspace.pipeline.audio import load_audio
+from wordspace.pipeline.models.base import ModelAdapter, Utterance
+from wordspace.pipeline.models.registry import build_model
+from wordspace.storage import store
+
+_LOADED: dict[tuple[str, str, str], ModelAdapter] = {}
+_PACKAGES = ("numpy", "torch", "transformers", "zarr", "xarray", "dask")
+
+
+def group_name(model: str) -> str:
+    """The store group a model spec is written to: registered names as they are, paths slugged."""
+    if re.fullmatch(r"[A-Za-z0-9._-]+", model):
+        return model
+    prefix, _, path = model.partition(":")
+    return f"{prefix}-{Path(path).name}" if path else re.sub(r"[^A-Za-z0-9._-]+", "-", model)
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have, before any work starts."""
+    if device == "cpu":
+        return
+    if not device.startswith("cuda"):
+        raise WordspaceError(f"--device {device!r}: use 'cpu' or 'cuda'")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise WordspaceError(
+            f"--device {device}: no CUDA device on this machine; use --device cpu or run on a "
+            "GPU worker (--scheduler ADDRESS --gpu)"
+        )
+
+
+def _checkpoint_hash(path: str | None) -> str | None:
+    if not path or not Path(path).is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def provenance(adapter: ModelAdapter, spec: str, device: str, dtype: str) -> dict[str, Any]:
+    """What produced an embedding: model, weights, geometry, pooling, software, date."""
+    versions = {}
+    for package in _PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    geometry = adapter.geometry
+    return {
+        "model": spec,
+        "model_name": adapter.name,
+        "modality": adapter.modality,
+        "source": adapter.source,
+        "checkpoint_path": adapter.checkpoint_path,
+        "checkpoint_sha256": _checkpoint_hash(adapter.checkpoint_path),
+        "sample_rate": geometry.sample_rate if geometry else None,
+        "frame_hop_samples": geometry.hop if geometry else None,
+        "frame_window_samples": geometry.window if geometry else None,
+        "frame_offset_samples": geometry.offset if geometry else None,
+        "frame_rate": geometry.frame_rate if geometry else None,
+        "pooling": adapter.pooling,
+        "dtype": dtype,
+        "device": device,
+        "wordspace_version": wordspace.__version__,
+        "package_versions": versions,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Everything a worker needs to embed one block, without opening the word table itself."""
+
+    store_url: str
+    group: str
+    spec: str
+    device: str
+    dtype: str
+    block: int
+    word_start: int
+    word_stop: int
+    layers: tuple[int, ...]
+    n_layers: int
+    dim: int
+    batch_seconds: float
+    corpus_root: str
+    utterances: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _loaded_adapter(spec: str, device: str, dtype: str) -> ModelAdapter:
+    """The worker's copy of the model, loaded on first use and kept for later tasks."""
+    key = (spec, device, dtype)
+    if key not in _LOADED:
+        adapter = build_model(spec)
+        adapter.load(device=device, dtype=dtype)
+        _LOADED[key] = adapter
+    return _LOADED[key]
+
+
+def _batches(utterances: list[dict[str, Any]], batch_seconds: float) -> list[list[dict]]:
+    """Utterances of similar length together, each batch at most `batch_seconds` of audio."""
+    ordered = sorted(utterances, key=lambda utterance: utterance["duration"])
+    batches: list[list[dict]] = [[]]
+    total = 0.0
+    for utterance in ordered:
+        if batches[-1] and total + utterance["duration"] > batch_seconds:
+            batches.append([])
+            total = 0.0
+        batches[-1].append(utterance)
+        total += utterance["duration"]
+    return [batch for batch in batches if batch]
+
+
+def embed_block(plan: BlockPlan) -> tuple[int, int, float, int]:
+    """Embed and write one block; returns (block, utterances, audio seconds, words missing)."""
+    adapter = _loaded_adapter(plan.spec, plan.device, plan.dtype)
+    values = np.full(
+        (len(plan.layers), plan.word_stop - plan.word_start, plan.dim), np.nan, dtype=np.float32
+    )
+    for batch in _batches(plan.utterances, plan.batch_seconds):
+        inputs = []
+        for utterance in batch:
+            waveform = None
+            if adapter.modality == "audio":
+                assert adapter.geometry is not None
+                waveform, _ = load_audio(
+                    Path(plan.corpus_root) / utterance["audio_path"], adapter.geometry.sample_rate
+                )
+            inputs.append(
+                Utterance(
+                    id=utterance["id"],
+                    words=utterance["words"],
+                    starts=utterance["starts"],
+                    ends=utterance["ends"],
+                    transcript=utterance["transcript"],
+                    waveform=waveform,
+                )
+            )
+        for utterance, vectors in zip(batch, adapter.embed(inputs), strict=True):
+            expected = (plan.n_layers, len(utterance["words"]), plan.dim)
+            if vectors.shape != expected:
+                raise RuntimeError(
+                    f"{plan.spec} returned {vectors.shape} for {utterance['id']}, "
+                    f"expected {expected}"
+                )
+            first = utterance["first_word"]
+            keep_from = max(plan.word_start, first)
+            keep_to = min(plan.word_stop, first + len(utterance["words"]))
+            values[:, keep_from - plan.word_start : keep_to - plan.word_start] = vectors[
+                list(plan.layers), keep_from - first : keep_to - first
+            ]
+    store.write_embedding_block(plan.store_url, plan.group, plan.block, values)
+    seconds = sum(utterance["duration"] for utterance in plan.utterances)
+    return plan.block, len(plan.utterances), seconds, int(np.isnan(values[0, :, 0]).sum())
+
+
+@dataclass
+class ExtractSummary:
+    group: str
+    words: int
+    blocks_done: int
+    blocks_total: int
+    utterances: int
+    audio_hours: float
+    missing_words: int
+    missing_sample: list[str]
+    seconds: float
+
+    def lines(self) -> list[str]:
+        return [
+            f"model group: models/{self.group}",
+            f"word tokens: {self.words} in {self.blocks_total} blocks "
+            f"({self.blocks_done} computed now, the rest already complete)",
+            f"utterances processed: {self.utterances} ({self.audio_hours * 3600:.1f} s of audio)",
+            f"words the model cannot represent (NaN): {self.missing_words}"
+            + (f", e.g. {', '.join(self.missing_sample[:10])}" if self.missing_sample else ""),
+            f"time: {self.seconds:.1f} s",
+        ]
+
+
+def _parse_layers(layers: str | None, n_layers: int) -> tuple[int, ...]:
+    if not layers:
+        return tuple(range(n_layers))
+    try:
+        chosen = tuple(int(part) for part in layers.split(","))
+    except ValueError:
+        raise WordspaceError(f"--layers {layers!r}: give layer indices like 0,6,12") from None
+    outside = [index for index in chosen if not 0 <= index < n_layers]
+    if outside:
+        raise WordspaceError(
+            f"--layers {layers}: layer {outside[0]} is out of range; the model has layers "
+            f"0 to {n_layers - 1}"
+        )
+    return chosen
+
+
+def plan_blocks(
+    store_url: str,
+    spec: str,
+    *,
+    name: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    batch_seconds: float = 60.0,
+    layers: str | None = None,
+    block_words: int | None = None,
+) -> tuple[str, list[BlockPlan], int]:
+    """Create (or reopen) the model group and plan its unfinished blocks: (group, plans, words)."""
+    if dtype not in ("float32", "float16"):
+        raise WordspaceError(f"--dtype {dtype!r}: use float32 or float16")
+    table = store.open_word_table(store_url)
+    check_device(device)
+    adapter = build_model(spec)
+    chosen = _parse_layers(layers, len(adapter.layer_names))
+    group = name or group_name(spec)
+    n_words = table.sizes["word"]
+    block_words = block_words or store.words_per_block(n_words)
+    store.create_embedding(
+        store_url,
+        group,
+        layer_names=[adapter.layer_names[index] for index in chosen],
+        n_words=n_words,
+        dim=adapter.dim,
+        dtype=dtype,
+        block_words=block_words,
+        attrs={**provenance(adapter, spec, device, dtype), "layer_indices": list(chosen)},
+    )
+    todo = store.incomplete_blocks(store_url, group)
+    if not todo:
+        return group, [], n_words
+    words = {name: table[name].values for name in ("text", "start", "end", "utterance_index")}
+    utterance_table = {
+        name: table[name].values
+        for name in ("utterance_id", "audio_path", "duration", "transcript")
+    }
+    corpus_root = store.root_attrs(store_url)["corpus_root"]
+    boundaries = np.flatnonzero(np.diff(words["utterance_index"])) + 1
+    utterance_first = np.concatenate([[0], boundaries])
+    utterance_stop = np.concatenate([boundaries, [n_words]])
+    plans = []
+    for block in todo:
+        start, stop = block * block_words, min((block + 1) * block_words, n_words)
+        first_utt = np.searchsorted(utterance_stop, start, side="right")
+        last_utt = np.searchsorted(utterance_first, stop, side="left")
+        utterances = []
+        for row in range(first_utt, last_utt):
+            first, end = int(utterance_first[row]), int(utterance_stop[row])
+            index = int(words["utterance_index"][first])
+            utterances.append(
+                {
+                    "id": str(utterance_table["utterance_id"][index]),
+                    "audio_path": str(utterance_table["audio_path"][index]),
+                    "duration": float(utterance_table["duration"][index]),
+                    "transcript": str(utterance_table["transcript"][index]),
+                    "words": [str(word) for word in words["text"][first:end]],
+                    "starts": words["start"][first:end].astype(np.float64),
+                    "ends": words["end"][first:end].astype(np.float64),
+                    "first_word": first,
+                }
+            )
+        plans.append(
+            BlockPlan(
+                store_url=store_url,
+                group=group,
+                spec=spec,
+                device=device,
+                dtype=dtype,
+                block=block,
+                word_start=start,
+                word_stop=stop,
+                layers=chosen,
+                n_layers=len(adapter.layer_names),
+                dim=adapter.dim,
+                batch_seconds=batch_seconds,
+                corpus_root=corpus_root,
+                utterances=utterances,
+            )
+        )
+    return group, plans, n_words
+
+
+def _finish(store_url: str, group: str) -> tuple[int, list[str]]:
+    """Count the words left NaN and keep a sample of them in the group's attributes."""
+    embedding = store.open_embedding(store_url, group)
+    missing_mask = da.isnan(embedding.data[0, :, 0]).compute()
+    texts = embedding["text"].values[missing_mask]
+    sample = list(dict.fromkeys(str(text) for text in texts))[:20]
+    store.update_model_attrs(
+        store_url,
+        group,
+        {
+            "n_missing_words": int(missing_mask.sum()),
+            "missing_words_sample": sample,
+            "complete": True,
+        },
+    )
+    return int(missing_mask.sum()), sample
+
+
+def run_plans(plans: list[BlockPlan], client: Client, progress: bool = True) -> tuple[int, float]:
+    """Run block plans on the cluster with a progress bar; (utterances, audio seconds) done."""
+    futures = [client.submit(embed_block, plan, pure=False, retries=2) for plan in plans]
+    done_utterances, done_seconds = 0, 0.0
+    total_utterances = sum(len(plan.utterances) for plan in plans)
+    with tqdm(
+        total=total_utterances, unit="utt", disable=not progress, desc="extract", smoothing=0
+    ) as bar:
+        for future in as_completed(futures):
+            _, utterances, seconds, _ = future.result()
+            done_utterances += utterances
+            done_seconds += seconds
+            bar.update(utterances)
+            bar.set_postfix_str(f"{done_seconds / 3600:.3f} h audio")
+    return done_utterances, done_seconds
+
+
+def extract_model(
+    store_url: str,
+    spec: str,
+    *,
+    name: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    batch_seconds: float = 60.0,
+    layers: str | None = None,
+    block_words: int | None = None,
+    client: Client | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> ExtractSummary:
+    """Extract every (or the chosen) layer of `spec` for every word token of the store."""
+    began = time.perf_counter()
+    group, plans, n_words = plan_blocks(
+        store_url,
+        spec,
+        name=name,
+        device=device,
+        dtype=dtype,
+        batch_seconds=batch_seconds,
+        layers=layers,
+        block_words=block_words,
+    )
+    utterances, seconds = 0, 0.0
+    if plans:
+        if client is not None:
+            utterances, seconds = run_plans(plans, client, progress)
+        else:
+            with dask_client(scheduler, workers=workers or 1, quiet=not progress) as own:
+                utterances, seconds = run_plans(plans, own, progress)
+    missing, sample = _finish(store_url, group)
+    return ExtractSummary(
+        group=group,
+        words=n_words,
+        blocks_done=len(plans),
+        blocks_total=len(store.block_bounds(store_url, group)),
+        utterances=utterances,
+        audio_hours=seconds / 3600,
+        missing_words=missing,
+        missing_sample=sample,
+        seconds=time.perf_counter() - began,
+    )

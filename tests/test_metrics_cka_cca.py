@@ -1,0 +1,294 @@
+"""Linear CKA (biased, debiased) and CCA against straightforward numpy formulas."""
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+from wordspace.errors import WordspaceError
+from wordspace.metrics import (
+    canonical_correlations,
+    cca,
+    cca_grid,
+    cka_grid,
+    gram_statistics,
+    linear_cka,
+    similarity_grid,
+)
+from wordspace.metrics import statistics as statistics_module
+
+
+def reference_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """The study's function (thesis section 3.3.2)."""
+    xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
+    hsic = np.linalg.norm(xc.T @ yc, "fro") ** 2
+    return hsic / (np.linalg.norm(xc.T @ xc, "fro") * np.linalg.norm(yc.T @ yc, "fro"))
+
+
+def unbiased_hsic_gram(k: np.ndarray, l_: np.ndarray) -> float:
+    """Song et al. (2012), eq. 5, on n × n Gram matrices (times n(n-3), which cancels in CKA)."""
+    n = k.shape[0]
+    k, l_ = k.copy(), l_.copy()
+    np.fill_diagonal(k, 0)
+    np.fill_diagonal(l_, 0)
+    ones = np.ones(n)
+    return (
+        np.trace(k @ l_)
+        + (ones @ k @ ones) * (ones @ l_ @ ones) / ((n - 1) * (n - 2))
+        - 2 / (n - 2) * ones @ k @ l_ @ ones
+    )
+
+
+def reference_debiased_cka(x: np.ndarray, y: np.ndarray) -> float:
+    xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
+    k, l_ = xc @ xc.T, yc @ yc.T
+    return unbiased_hsic_gram(k, l_) / np.sqrt(
+        unbiased_hsic_gram(k, k) * unbiased_hsic_gram(l_, l_)
+    )
+
+
+def reference_correlations(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Canonical correlations by QR of each centred space and SVD of Qxᵀ Qy."""
+    qx, _ = np.linalg.qr(x - x.mean(axis=0))
+    qy, _ = np.linalg.qr(y - y.mean(axis=0))
+    return np.linalg.svd(qx.T @ qy, compute_uv=False)
+
+
+def related_pair(rng: np.random.Generator, n: int, d1: int, d2: int, offset: float = 3.0):
+    x = rng.standard_normal((n, d1)) * rng.uniform(0.5, 2.0, d1) + offset
+    mixing = rng.standard_normal((d1, d2))
+    y = np.tanh(x @ mixing / np.sqrt(d1)) + 0.5 * rng.standard_normal((n, d2)) - offset
+    return x, y
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Keep the caller's word chunking, however small, so multi-chunk reductions are exercised."""
+    monkeypatch.setattr(statistics_module, "_MIN_CHUNK_WORDS", 1)
+    monkeypatch.setattr(statistics_module, "_TARGET_CHUNK_BYTES", 1)
+
+
+def test_cka_matches_the_study_function_and_song_estimator():
+    rng = np.random.default_rng(0)
+    x, y = related_pair(rng, 400, 12, 7)
+    assert linear_cka(x, y) == pytest.approx(reference_cka(x, y), rel=1e-6)
+    assert linear_cka(x, y, debiased=True) == pytest.approx(reference_debiased_cka(x, y), rel=1e-6)
+
+
+def test_debiased_cka_matches_reference_with_large_offsets():
+    rng = np.random.default_rng(1)
+    x, y = related_pair(rng, 300, 6, 9, offset=1e3)
+    assert linear_cka(x, y, debiased=True) == pytest.approx(reference_debiased_cka(x, y), rel=1e-6)
+
+
+def test_cka_float32_and_float16_inputs_accumulate_accurately():
+    rng = np.random.default_rng(2)
+    x, y = related_pair(rng, 5000, 16, 8)
+    expected = reference_cka(x.astype(np.float32).astype(np.float64), y.astype(np.float32))
+    assert linear_cka(x.astype(np.float32), y.astype(np.float32)) == pytest.approx(
+        expected, rel=1e-5
+    )
+    x16, y16 = x.astype(np.float16), y.astype(np.float16)
+    assert linear_cka(x16, y16) == pytest.approx(
+        reference_cka(x16.astype(np.float64), y16.astype(np.float64)), rel=1e-5
+    )
+
+
+def test_canonical_correlations_match_qr_svd():
+    rng = np.random.default_rng(3)
+    x, y = related_pair(rng, 600, 8, 5)
+    expected = reference_correlations(x, y)
+    got = canonical_correlations(x, y)
+    assert got.shape == (5,)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-8)
+    assert np.all(np.diff(got) <= 0)
+    assert cca(x, y) == pytest.approx(expected.mean(), rel=1e-6)
+
+
+def test_canonical_correlations_match_sklearn_cca():
+    from sklearn.cross_decomposition import CCA
+
+    rng = np.random.default_rng(4)
+    x, y = related_pair(rng, 2000, 3, 3)
+    model = CCA(n_components=3, max_iter=5000, tol=1e-12).fit(x, y)
+    x_scores, y_scores = model.transform(x, y)
+    sklearn_corr = [np.corrcoef(x_scores[:, i], y_scores[:, i])[0, 1] for i in range(3)]
+    np.testing.assert_allclose(canonical_correlations(x, y), sklearn_corr, rtol=1e-4)
+
+
+def test_ridge_shrinks_towards_scaled_identity():
+    rng = np.random.default_rng(5)
+    x, y = related_pair(rng, 500, 6, 4)
+    ridge = 0.3
+    xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
+
+    def inverse_sqrt(c: np.ndarray) -> np.ndarray:
+        c = (1 - ridge) * c + ridge * np.trace(c) / len(c) * np.eye(len(c))
+        values, vectors = np.linalg.eigh(c)
+        return vectors @ np.diag(values**-0.5) @ vectors.T
+
+    whitened = inverse_sqrt(xc.T @ xc) @ xc.T @ yc @ inverse_sqrt(yc.T @ yc)
+    expected = np.linalg.svd(whitened, compute_uv=False)
+    np.testing.assert_allclose(canonical_correlations(x, y, ridge=ridge), expected, rtol=1e-6)
+    assert cca(3.0 * x, y, ridge=ridge) == pytest.approx(cca(x, y, ridge=ridge), rel=1e-9)
+    assert cca(x, y, ridge=ridge) < cca(x, y)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_rank_deficient_spaces_give_no_spurious_correlations(dtype):
+    rng = np.random.default_rng(6)
+    n = 400
+    base = rng.standard_normal((n, 3))
+    # A constant column and a collinear column: rank 3 in 5 columns.
+    x = np.column_stack([base, np.full(n, 7.0), base[:, 0] - 2 * base[:, 1]]).astype(dtype)
+    y = rng.standard_normal((n, 4)).astype(dtype)
+    got = canonical_correlations(x, y)
+    assert got.shape == (3,)
+    np.testing.assert_allclose(got, reference_correlations(base, y), rtol=1e-4, atol=1e-6)
+    assert got.max() < 0.5
+
+
+def test_fewer_words_than_dimensions_keeps_only_the_sample_span():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((10, 30))
+    y = rng.standard_normal((10, 4))
+    got = canonical_correlations(x, y)
+    # Centred x spans 9 directions, which contain y's 4: sample CCA is exactly 1 there, and no
+    # extra value comes from x's 21 null directions.
+    assert got.shape == (4,)
+    np.testing.assert_allclose(got, 1.0, atol=1e-6)
+
+
+def test_grids_match_pairwise_references_and_use_layer_labels():
+    rng = np.random.default_rng(8)
+    n = 300
+    a = np.stack([related_pair(rng, n, 10, 1)[0] for _ in range(3)])
+    b = np.stack([np.tanh(a[i] @ rng.standard_normal((10, 6))) for i in (0, 2)])
+    expected_cka = [[reference_cka(a[i], b[j]) for j in range(2)] for i in range(3)]
+    expected_deb = [[reference_debiased_cka(a[i], b[j]) for j in range(2)] for i in range(3)]
+    expected_cca = [[reference_correlations(a[i], b[j]).mean() for j in range(2)] for i in range(3)]
+    np.testing.assert_allclose(cka_grid(a, b), expected_cka, rtol=1e-6)
+    np.testing.assert_allclose(cka_grid(a, b, debiased=True), expected_deb, rtol=1e-6)
+    np.testing.assert_allclose(cca_grid(a, b), expected_cca, rtol=1e-6)
+
+    da_a = xr.DataArray(a, dims=("layer", "word", "dim"), coords={"layer": [1, 5, 9]})
+    da_b = xr.DataArray(b, dims=("layer", "word", "dim"))
+    ds = similarity_grid(da_a, da_b)
+    assert ds.sizes == {"layer_a": 3, "layer_b": 2}
+    assert list(ds.layer_a.values) == [1, 5, 9]
+    assert ds.attrs["n_words"] == n and ds.attrs["n_excluded"] == 0
+    np.testing.assert_allclose(ds["cka"], expected_cka, rtol=1e-6)
+    np.testing.assert_allclose(ds["cka_debiased"], expected_deb, rtol=1e-6)
+    np.testing.assert_allclose(ds["cca"], expected_cca, rtol=1e-6)
+    assert list(similarity_grid(a, b, metrics=["cca"]).data_vars) == ["cca"]
+
+
+def test_same_input_uses_the_symmetric_path_and_agrees_with_a_copy():
+    rng = np.random.default_rng(9)
+    a = np.stack([related_pair(rng, 250, 7, 1)[0] for _ in range(3)])
+    stats = gram_statistics(a, a)
+    assert stats.same
+    ds_same = similarity_grid(a, a)
+    ds_copy = similarity_grid(a, a.copy())
+    for name in ("cka", "cka_debiased", "cca"):
+        np.testing.assert_allclose(ds_same[name], ds_copy[name], rtol=1e-9)
+        np.testing.assert_allclose(np.diag(ds_same[name]), 1.0, rtol=1e-9)
+        np.testing.assert_allclose(ds_same[name], ds_same[name].T, rtol=1e-12)
+
+
+@pytest.mark.parametrize("word_chunks", [1, 7, 64, 300])
+def test_dask_chunking_does_not_change_results(small_chunks, word_chunks):
+    rng = np.random.default_rng(10)
+    n = 300
+    a = np.stack([related_pair(rng, n, 5, 1)[0] for _ in range(2)])
+    b = np.stack([related_pair(rng, n, 4, 1)[0] for _ in range(3)])
+    expected = similarity_grid(a, b)
+    lazy_a = da.from_array(a, chunks=(1, word_chunks, 5))
+    lazy_b = da.from_array(b, chunks=(2, word_chunks + 3, 2))
+    got = similarity_grid(lazy_a, lazy_b)
+    for name in expected.data_vars:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-9)
+
+
+def test_zarr_backed_dataarrays(tmp_path, small_chunks):
+    rng = np.random.default_rng(11)
+    n = 500
+    a = np.stack([related_pair(rng, n, 6, 1)[0] for _ in range(4)]).astype(np.float32)
+    b = np.stack([related_pair(rng, n, 3, 1)[0] for _ in range(2)]).astype(np.float16)
+    for name, values in (("a", a), ("b", b)):
+        ds = xr.Dataset({"embedding": (("layer", "word", "dim"), values)})
+        ds = ds.assign_coords(layer=np.arange(len(values)) + (10 if name == "b" else 0))
+        ds.chunk({"layer": 1, "word": 128}).to_zarr(
+            tmp_path / name, zarr_format=3, consolidated=False
+        )
+    lazy_a = xr.open_zarr(tmp_path / "a")["embedding"]
+    lazy_b = xr.open_zarr(tmp_path / "b")["embedding"]
+    assert isinstance(lazy_a.data, da.Array)
+    ds = similarity_grid(lazy_a, lazy_b)
+    assert list(ds.layer_b.values) == [10, 11]
+    expected = [
+        [reference_cka(a[i].astype(np.float64), b[j].astype(np.float64)) for j in range(2)]
+        for i in range(4)
+    ]
+    np.testing.assert_allclose(ds["cka"], expected, rtol=1e-5)
+
+
+def test_nan_rows_in_either_input_are_left_out_and_counted(small_chunks):
+    rng = np.random.default_rng(12)
+    n = 200
+    a = np.stack([related_pair(rng, n, 5, 1)[0] for _ in range(2)])
+    b = rng.standard_normal((1, n, 4))
+    a[:, [3, 50, 51], :] = np.nan
+    b[0, 120, 2] = np.nan  # one NaN component is enough to drop the word
+    keep = np.setdiff1d(np.arange(n), [3, 50, 51, 120])
+    ds = similarity_grid(da.from_array(a, chunks=(2, 40, 5)), b)
+    assert ds.attrs["n_words"] == len(keep) and ds.attrs["n_excluded"] == 4
+    expected = similarity_grid(a[:, keep], b[:, keep])
+    for name in expected.data_vars:
+        np.testing.assert_allclose(ds[name], expected[name], rtol=1e-9)
+
+
+def test_debiased_cka_tends_to_zero_for_independent_data():
+    rng = np.random.default_rng(13)
+    means = []
+    for n in (100, 1000, 10000):
+        values = [
+            linear_cka(rng.standard_normal((n, 20)), rng.standard_normal((n, 20)), debiased=True)
+            for _ in range(5)
+        ]
+        means.append(np.mean(np.abs(values)))
+    assert means[0] > means[1] > means[2]
+    assert means[2] < 2e-3
+    # The biased estimator stays well above zero at small n.
+    assert linear_cka(rng.standard_normal((100, 20)), rng.standard_normal((100, 20))) > 0.1
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "message"),
+    [
+        (np.ones((10, 3)), np.ones((11, 3)), "A has 10 words and B has 11"),
+        (np.full((2, 3), 1.0), np.ones((2, 3)), "only 2 words are valid"),
+        (np.ones((4, 2, 3, 1)), np.ones((4, 3)), "has 4 dimensions"),
+        (np.array([["a", "b"]] * 5), np.ones((5, 3)), "floating-point"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(x, y, message):
+    with pytest.raises(WordspaceError, match=message):
+        linear_cka(x, y)
+
+
+def test_infinite_values_and_too_few_valid_words_raise():
+    rng = np.random.default_rng(14)
+    x, y = rng.standard_normal((50, 3)), rng.standard_normal((50, 2))
+    x_inf = x.copy()
+    x_inf[7, 1] = np.inf
+    with pytest.raises(WordspaceError, match="A contains infinite values"):
+        cka_grid(x_inf, y)
+    y_nan = y.copy()
+    y_nan[2:] = np.nan
+    with pytest.raises(WordspaceError, match="only 2 words are valid"):
+        cca(x, y_nan)
+    with pytest.raises(WordspaceError, match="unknown or empty"):
+        similarity_grid(x, y, metrics=["cka", "svcca"])
+    with pytest.raises(WordspaceError, match="ridge=1.5"):
+        cca(x, y, ridge=1.5)

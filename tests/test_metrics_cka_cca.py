@@ -221,8 +221,8 @@ def test_zarr_backed_dataarrays(tmp_path, small_chunks):
         ds.chunk({"layer": 1, "word": 128}).to_zarr(
             tmp_path / name, zarr_format=3, consolidated=False
         )
-    lazy_a = xr.open_zarr(tmp_path / "a")["embedding"]
-    lazy_b = xr.open_zarr(tmp_path / "b")["embedding"]
+    lazy_a = xr.open_zarr(tmp_path / "a", consolidated=False)["embedding"]
+    lazy_b = xr.open_zarr(tmp_path / "b", consolidated=False)["embedding"]
     assert isinstance(lazy_a.data, da.Array)
     ds = similarity_grid(lazy_a, lazy_b)
     assert list(ds.layer_b.values) == [10, 11]

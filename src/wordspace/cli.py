@@ -27,19 +27,20 @@ def _models(args: argparse.Namespace) -> None:
 
 
 def _extract(args: argparse.Namespace) -> None:
+    from wordspace.cluster import torch_device
     from wordspace.pipeline.extract import extract_model
 
-    summary = extract_model(
-        args.store,
-        args.model,
-        name=args.name,
-        device=args.device,
-        dtype=args.dtype,
-        batch_seconds=args.batch_seconds,
-        layers=args.layers,
-        scheduler=args.scheduler,
-        workers=args.workers,
-    )
+    with _cluster(args, default_workers=1) as client:
+        summary = extract_model(
+            args.store,
+            args.model,
+            name=args.name,
+            device=torch_device(args.gpu) if args.gpu else args.device,
+            dtype=args.dtype,
+            batch_seconds=args.batch_seconds,
+            layers=args.layers,
+            client=client,
+        )
     for line in summary.lines():
         print(line)
 
@@ -56,6 +57,40 @@ def _align_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("corpus", type=Path, help="corpus folder with audio and .trans.txt files")
     parser.add_argument("--out", type=Path, required=True, help="folder for the TextGrids")
     parser.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from wordspace.pipeline.compare import compare_models, format_grid, parse_metrics
+
+    metrics = parse_metrics(args.metrics)
+    options = {
+        "layers_a": args.layers_a,
+        "layers_b": args.layers_b,
+        "sample": args.sample,
+        "seed": args.seed,
+        "ridge": args.ridge,
+    }
+    if "asif" in metrics:
+        options |= {
+            "ks": _integers(args.k, "--k"),
+            "ps": _integers(args.p, "--p"),
+            "protocol": args.protocol,
+        }
+    with _cluster(args):
+        results = compare_models(args.store, args.a, args.b, metrics, **options)
+    print(f"{args.a} vs {args.b}: {results.attrs.get('n_words', '?')} words")
+    for name in results.data_vars:
+        if results[name].dims == ("layer_a", "layer_b"):
+            for line in format_grid(results[name], f"{name} (rows: {args.a}, columns: {args.b})"):
+                print(line)
+    print(f"stored in {args.store} at comparisons/{args.a}__{args.b}")
+
+
+def _integers(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise WordspaceError(f"{option} {text!r}: give integers like 100,250") from None
 
 
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable]
@@ -86,8 +121,69 @@ def _extract_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scheduler", help="Dask scheduler address (default: a local cluster)")
+    parser.add_argument(
+        "--scheduler",
+        help="Dask scheduler address (default: DASK_SCHEDULER_ADDRESS, else a local cluster)",
+    )
+    parser.add_argument(
+        "--scheduler-file", help="scheduler file written by `dask scheduler --scheduler-file`"
+    )
     parser.add_argument("--workers", type=int, help="workers of the local cluster")
+    parser.add_argument(
+        "--memory-limit", help="memory limit per local worker, e.g. 4GB (default: an equal share)"
+    )
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        help="compute on GPUs: one local worker per GPU, cupy blocks, models on CUDA",
+    )
+
+
+def _cluster(args: argparse.Namespace, default_workers: int | None = None):
+    """The Dask client the cluster options ask for (a context manager)."""
+    from wordspace.cluster import dask_client, visible_gpus
+
+    return dask_client(
+        args.scheduler,
+        scheduler_file=args.scheduler_file,
+        workers=args.workers or default_workers,
+        memory_limit=args.memory_limit,
+        gpus=visible_gpus() if args.gpu else None,
+    )
+
+
+def _cluster_recipes(args: argparse.Namespace) -> None:
+    from wordspace.cluster import cluster_recipes
+
+    print(cluster_recipes(args.kind))
+
+
+def _cluster_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "kind", nargs="?", choices=["hosts", "slurm", "kubernetes"], help="one recipe (default all)"
+    )
+
+
+def _compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("store", help="store path or URL")
+    parser.add_argument("--a", required=True, help="first model (rows of the grids)")
+    parser.add_argument("--b", required=True, help="second model (columns; may equal --a)")
+    parser.add_argument(
+        "--metrics",
+        default="cka,cka_debiased,cca",
+        help="comma-separated: cka,cka_debiased,cca,asif",
+    )
+    parser.add_argument("--layers-a", help="layers of --a to compare (indices or names)")
+    parser.add_argument("--layers-b", help="layers of --b to compare (indices or names)")
+    parser.add_argument("--sample", type=int, help="use a random sample of N words")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --sample and ASIF queries")
+    parser.add_argument("--ridge", type=float, default=0.0, help="CCA ridge in [0, 1)")
+    parser.add_argument("--k", default="100,250", help="ASIF k values (non-zeros kept)")
+    parser.add_argument("--p", default="4,6", help="ASIF p values (exponents)")
+    parser.add_argument(
+        "--protocol", default="study", choices=["study", "paired"], help="ASIF protocol"
+    )
+    _cluster_arguments(parser)
 
 
 COMMANDS: list[Command] = [
@@ -99,6 +195,13 @@ COMMANDS: list[Command] = [
         "extract every layer of a model for every word token",
         _extract_arguments,
         _extract,
+    ),
+    ("compare", "compare two extracted models layer by layer", _compare_arguments, _compare),
+    (
+        "cluster",
+        "print recipes for running on a Dask cluster (SLURM, Kubernetes, hosts)",
+        _cluster_recipe_arguments,
+        _cluster_recipes,
     ),
 ]
 

@@ -323,10 +323,22 @@ def write_comparison(
         attrs = {**existing.attrs, **results.attrs}
         results = xr.merge([kept, results], compat="override", join="outer")
         results.attrs = attrs
-    results = results.assign_attrs({COMPLETE: False})
+    results = variable_length_strings(results).assign_attrs({COMPLETE: False})
     results.to_zarr(zarr_store(url), group=path, mode="w", zarr_format=3, consolidated=False)
     zarr.open_group(zarr_store(url), path=path, mode="r+").attrs[COMPLETE] = True
     return results
+
+
+def variable_length_strings(dataset: xr.Dataset) -> xr.Dataset:
+    """Fixed-width unicode variables as variable-length strings (zarr v3 has no spec for `<U`)."""
+    converted = {
+        name: variable.astype(object)
+        for name, variable in dataset.variables.items()
+        if variable.dtype.kind == "U"
+    }
+    return dataset.assign_coords(
+        {name: value for name, value in converted.items() if name in dataset.coords}
+    ).assign({name: value for name, value in converted.items() if name not in dataset.coords})
 
 
 def read_comparison(url: str | os.PathLike, model_a: str, model_b: str) -> xr.Dataset | None:

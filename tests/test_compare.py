@@ -1,0 +1,109 @@
+"""The compare stage and command: grids from the store, stored under /comparisons."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wordspace import open_store
+from wordspace.cli import main
+from wordspace.errors import WordspaceError
+from wordspace.metrics import linear_cka
+from wordspace.pipeline.compare import global_similarities, parse_metrics
+from wordspace.pipeline.index import index_corpus
+from wordspace.storage import store as st
+
+
+def write_model(url: str, name: str, values: np.ndarray) -> None:
+    n_layers, n_words, dim = values.shape
+    st.create_embedding(
+        url,
+        name,
+        layer_names=[f"{name}.{i}" for i in range(n_layers)],
+        n_words=n_words,
+        dim=dim,
+        dtype="float32",
+        block_words=n_words,
+        attrs={"model": name},
+    )
+    st.write_embedding_block(url, name, 0, values)
+
+
+@pytest.fixture
+def store_with_models(small_corpus, tmp_path):
+    url = str(tmp_path / "store.zarr")
+    index_corpus(small_corpus.corpus, small_corpus.alignments, url)
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((14, 4)).astype(np.float32)
+    # Layer 1 of "a" is a rotation of "b"'s only layer: the best cell is known.
+    rotation, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+    a = np.stack([rng.standard_normal((14, 4)), base @ rotation, rng.standard_normal((14, 4))])
+    write_model(url, "a", a.astype(np.float32))
+    write_model(url, "b", base[None])
+    return url, a, base
+
+
+def test_grid_matches_direct_metric(store_with_models):
+    url, a, base = store_with_models
+    grid = global_similarities(url, "a", "b", ["cka", "cca"])
+    assert list(grid.layer_a.values) == ["a.0", "a.1", "a.2"]
+    for layer in range(3):
+        expected = linear_cka(a[layer], base)
+        assert float(grid.cka[layer, 0]) == pytest.approx(expected, rel=1e-6)
+    assert float(grid.cka[1, 0]) == pytest.approx(1.0)
+    assert int(np.argmax(grid.cca.values[:, 0])) == 1
+
+
+def test_compare_command_stores_and_prints(store_with_models, capsys):
+    url, *_ = store_with_models
+    assert main(["compare", url, "--a", "a", "--b", "b", "--workers", "1"]) == 0
+    output = capsys.readouterr().out
+    assert "cka (rows: a, columns: b)" in output and "1.000*" in output
+    stored = open_store(url).comparison("a", "b")
+    assert set(stored.data_vars) >= {"cka", "cka_debiased", "cca"}
+    assert stored.cka.dims == ("layer_a", "layer_b")
+    # Same model against itself, a layer subset, and a sample of words.
+    assert (
+        main(
+            [
+                "compare",
+                url,
+                "--a",
+                "a",
+                "--b",
+                "a",
+                "--layers-a",
+                "0,a.1",
+                "--layers-b",
+                "a.1",
+                "--metrics",
+                "cka",
+                "--sample",
+                "10",
+            ]
+        )
+        == 0
+    )
+    self_grid = open_store(url).comparison("a", "a")
+    assert self_grid.cka.shape == (2, 1) and float(self_grid.cka[1, 0]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--a", "a", "--b", "missing"], "no model 'missing'"),
+        (["--a", "a", "--b", "b", "--layers-a", "9"], "no layer '9'"),
+        (["--a", "a", "--b", "b", "--metrics", "cka,svcca"], "unknown svcca"),
+    ],
+)
+def test_bad_compare_requests(store_with_models, capsys, argv, message):
+    url, *_ = store_with_models
+    assert main(["compare", url, *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert open_store(url).comparison("a", "b") is None
+
+
+def test_parse_metrics():
+    assert parse_metrics("cka, cca") == ["cka", "cca"]
+    with pytest.raises(WordspaceError):
+        parse_metrics("")

@@ -93,6 +93,54 @@ def _integers(text: str, option: str) -> tuple[int, ...]:
         raise WordspaceError(f"{option} {text!r}: give integers like 100,250") from None
 
 
+def _analyze(args: argparse.Namespace) -> None:
+    from wordspace.pipeline.analyses import ANALYSES, plot_results, run_analysis
+
+    options = {name: value for name, value in vars(args).items() if name not in ("run", "command")}
+    results = run_analysis(args.name, args.store, **options)
+    print(ANALYSES[args.name].reading(results))
+    if args.figures:
+        for path in plot_results(args.name, results.attrs["key"], results, args.figures):
+            print(f"figure: {path}")
+
+
+def _analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    from wordspace.pipeline.analyses import ANALYSES
+
+    parser.add_argument("name", choices=list(ANALYSES), help="the analysis")
+    parser.add_argument("store", help="store path or URL")
+    parser.add_argument("--a", help="model A (queries, the one whose layers are swept)")
+    parser.add_argument("--b", help="model B (the text model for errors and phonetic_semantic)")
+    parser.add_argument("--layer-b", help="layer of B for curves and stability (default: last)")
+    parser.add_argument("--models", type=_names, help="comma-separated audio models")
+    parser.add_argument("--metrics", type=_names, help="comma-separated metrics")
+    parser.add_argument("--metric", help="the metric for stability (default cka)")
+    parser.add_argument("--n-boot", type=int, help="bootstrap resamples (default 50)")
+    parser.add_argument("--sizes", type=lambda text: [int(v) for v in _names(text)])
+    parser.add_argument("--n-seeds", type=int, help="subsamples per size (default 5)")
+    parser.add_argument("--k", type=int, help="ASIF k (default 250)")
+    parser.add_argument("--p", type=float, help="ASIF p (default 4)")
+    parser.add_argument("--query-share", type=float, help="held-out ASIF queries (default 0.15)")
+    parser.add_argument("--n-pairs", type=int, help="word pairs sampled (default 20000)")
+    parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument("--figures", type=Path, help="also write PNG and SVG figures here")
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _report(args: argparse.Namespace) -> None:
+    from wordspace.pipeline.report import write_report
+
+    print(f"report: {write_report(args.store, args.out)}")
+
+
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("store", help="store path or URL")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the page and figures")
+
+
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable]
 
 

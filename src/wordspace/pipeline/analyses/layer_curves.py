@@ -1,0 +1,172 @@
+"""Layer curves (study figs. 4.2, 4.5, 4.6): every layer of model A against one layer of model B.
+
+CKA, debiased CKA and CCA come from `similarity_grid`, ASIF from the held-out retrieval protocol
+of `asif_maps`. Confidence bands come from a bootstrap over speakers (utterances when there are
+fewer than ten speakers): the CKA/CCA grid is recomputed on each resample of groups, and the ASIF
+accuracy is re-averaged over the resampled groups' queries.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
+
+from wordspace.errors import WordspaceError
+from wordspace.metrics import similarity_grid
+from wordspace.pipeline.analyses.asif_maps import layer_pair_hits
+from wordspace.pipeline.analyses.common import (
+    METRIC_LABELS,
+    group_bootstrap,
+    layer_ticks,
+    load_model,
+    pair_key,
+    resampling_groups,
+    save_figure,
+    select_layer,
+    texts,
+    valid_words,
+)
+from wordspace.storage.analyses import write_analysis
+
+NAME = "layer_curves"
+CURVE_METRICS = ("cka", "cka_debiased", "cca", "asif")
+
+
+def layer_curves(
+    a: xr.DataArray,
+    b: xr.DataArray,
+    groups: np.ndarray,
+    *,
+    metrics: Sequence[str] = CURVE_METRICS,
+    n_boot: int = 50,
+    confidence: float = 0.9,
+    seed: int = 0,
+    ridge: float = 1e-3,
+    text: np.ndarray | None = None,
+    asif_k: int = 250,
+    asif_p: float = 4,
+    query_share: float = 0.15,
+) -> xr.Dataset:
+    """`value`, `low`, `high` (metric, layer): each layer of `a` (layer, word, dim) against `b`
+    (word, dim), with bootstrap bands over `groups` (one label per word). ASIF needs `text`."""
+    unknown = sorted(set(metrics) - set(CURVE_METRICS))
+    if unknown or not metrics:
+        raise WordspaceError(f"metrics {unknown or '[]'}: choose from {', '.join(CURVE_METRICS)}")
+    if n_boot < 0 or not 0 < confidence < 1:
+        raise WordspaceError("n_boot must be >= 0 and confidence strictly between 0 and 1")
+    rng = np.random.default_rng(seed)
+    grid_metrics = [m for m in metrics if m != "asif"]
+    keep = valid_words(a, b)
+    a_values, b_values = np.asarray(a)[:, keep], np.asarray(b)[keep][None]
+    kept_groups = np.asarray(groups)[keep]
+    curves: dict[str, np.ndarray] = {}
+    samples: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
+    if grid_metrics:
+        full = similarity_grid(a_values, b_values, metrics=grid_metrics, ridge=ridge)
+        for metric in grid_metrics:
+            curves[metric] = full[metric].values[:, 0]
+        for draw in group_bootstrap(kept_groups, n_boot, rng):
+            grid = similarity_grid(
+                a_values[:, draw], b_values[:, draw], metrics=grid_metrics, ridge=ridge
+            )
+            for metric in grid_metrics:
+                samples[metric].append(grid[metric].values[:, 0])
+    if "asif" in metrics:
+        if text is None:
+            raise WordspaceError("metrics asif: pass the words' text so hits can be scored")
+        hits, _, queries, _ = layer_pair_hits(
+            a, b, texts(text), k=asif_k, p=asif_p, query_share=query_share, seed=seed, top=1
+        )
+        top1 = hits[:, 0, :, 0].astype(float)
+        curves["asif"] = top1.mean(axis=1)
+        for draw in group_bootstrap(np.asarray(groups)[queries], n_boot, rng):
+            samples["asif"].append(top1[:, draw].mean(axis=1))
+    tail = (1 - confidence) / 2
+    value = np.stack([curves[m] for m in metrics])
+    if n_boot:
+        stacked = [np.stack(samples[m]) for m in metrics]
+        low = np.stack([np.quantile(s, tail, axis=0) for s in stacked])
+        high = np.stack([np.quantile(s, 1 - tail, axis=0) for s in stacked])
+    else:
+        low = high = value
+    dims = ("metric", "layer")
+    return xr.Dataset(
+        {"value": (dims, value), "low": (dims, low), "high": (dims, high)},
+        coords={"metric": list(metrics), "layer": [str(v) for v in a["layer"].values]},
+        attrs={
+            "model_a": str(a.name),
+            "model_b": str(b.name),
+            "layer_b": str(b["layer"].values) if "layer" in b.coords else "",
+            "n_words": int(keep.sum()),
+            "n_boot": n_boot,
+            "confidence": confidence,
+            "n_groups": len(np.unique(kept_groups)),
+        },
+    )
+
+
+def run(
+    url: str | os.PathLike,
+    a: str,
+    b: str,
+    *,
+    layer_b: str | int | None = None,
+    metrics: Sequence[str] = CURVE_METRICS,
+    n_boot: int = 50,
+    seed: int = 0,
+) -> xr.Dataset:
+    """Layer curves of model `a` against one layer of model `b` (default its last), stored."""
+    emb_a = load_model(url, a)
+    emb_b = select_layer(load_model(url, b), layer_b)
+    groups, kind = resampling_groups(emb_a)
+    results = layer_curves(
+        emb_a,
+        emb_b,
+        groups,
+        metrics=metrics,
+        n_boot=n_boot,
+        seed=seed,
+        text=emb_a["text"].values,
+    )
+    results.attrs["groups"] = kind
+    return write_analysis(url, NAME, pair_key(a, b), results)
+
+
+def reading(results: xr.Dataset) -> str:
+    metric = str(results["metric"].values[0])
+    curve = results["value"].sel(metric=metric)
+    best = int(np.argmax(curve.values))
+    return (
+        f"layer {curve['layer'].values[best]} of {results.attrs['model_a']} is closest to "
+        f"{results.attrs['model_b']} ({METRIC_LABELS[metric]} {float(curve[best]):.2f}; "
+        f"{results.attrs['n_words']} words, {results.attrs.get('groups', 'group')} bootstrap)"
+    )
+
+
+def plot(results: xr.Dataset, out_dir: str | os.PathLike, stem: str) -> list[Path]:
+    """Every metric min-max scaled over the layers so their trends share one axis, with bands."""
+    figure, axis = plt.subplots(figsize=(8, 4.2), layout="constrained")
+    x = np.arange(results.sizes["layer"])
+    colors = plt.get_cmap("tab10")
+    for index, metric in enumerate(results["metric"].values):
+        value, low, high = (results[v].sel(metric=metric).values for v in ("value", "low", "high"))
+        lo, hi = np.nanmin(value), np.nanmax(value)
+        span = hi - lo if hi > lo else 1.0
+        label = f"{METRIC_LABELS[str(metric)]} ({lo:.2f}–{hi:.2f})"
+        axis.plot(x, (value - lo) / span, marker="o", color=colors(index), label=label)
+        axis.fill_between(x, (low - lo) / span, (high - lo) / span, color=colors(index), alpha=0.18)
+    layer_ticks(axis, results["layer"].values, "x")
+    axis.set_xlabel(f"{results.attrs['model_a']} layer")
+    axis.set_ylabel("scaled similarity (0 = min, 1 = max)")
+    axis.set_title(
+        f"{results.attrs['model_a']} vs {results.attrs['model_b']} {results.attrs['layer_b']}"
+        f" — {results.attrs['confidence']:.0%} bands, {results.attrs['n_boot']} resamples"
+    )
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="best")
+    return save_figure(figure, out_dir, stem)

@@ -1,0 +1,423 @@
+"""ASIF zero-shot retrieval (Norelli et al. 2023), streamed block by block on Dask.
+
+Semantics: rows are L2-normalised (not centred) and compared by cosine with the anchors; each
+relative representation keeps its ``k`` largest cosines (ties to the lower anchor) and zeroes
+the rest; kept values below 0 become 0 and the others are raised to the power ``p`` (the official
+code raises negatives too, which flips their sign for even ``p``: we do not); each relative
+representation is then L2-normalised, and a query's score for a candidate is the dot product of
+their relative representations; the best candidates come first, ties to the lower index.
+
+Cost: one pass of (row block x anchor block) gemms with a running top-k at the largest ``k``
+per side and layer, then one fused sparse score pass per layer pair and (k, p). Every block is a
+Dask task, so memory is O(chunk x k) per task and the work runs wherever Dask runs it.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from wordspace.errors import WordspaceError
+from wordspace.metrics._backend import array_module, to_numpy
+from wordspace.metrics.topk import (
+    TopState,
+    merge_top,
+    ranked_items,
+    sparse_matrix_scores_top,
+    sparse_scores_top,
+)
+
+STUDY_GRID: tuple[tuple[int, int], ...] = (
+    (100, 1), (100, 2), (100, 3), (100, 4), (150, 4), (200, 4),
+    (250, 4), (250, 5), (250, 6), (250, 7), (250, 8), (250, 9),
+)  # fmt: skip
+"""The (k, p) cells the study searched (Bolaños 2024, section 3.3.3)."""
+
+DEFAULT_CHUNK = 2048
+
+
+def _data(x: Any) -> Any:
+    return x.data if isinstance(x, xr.DataArray) else x
+
+
+def _as_dask(x: Any, name: str) -> da.Array:
+    x = _data(x)
+    if not isinstance(x, da.Array):
+        if not hasattr(x, "shape"):
+            x = np.asarray(x)
+        x = da.from_array(x, chunks=x.shape, name=False)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise WordspaceError(f"{name}: expected a (rows, dim) array, got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise WordspaceError(f"{name}: expected floating-point values, got {x.dtype}")
+    return x
+
+
+def _unit_rows(x: Any, dtype: Any) -> Any:
+    xp = array_module(x)
+    x = x.astype(dtype, copy=False)
+    norm = xp.sqrt((x * x).sum(axis=1, keepdims=True))
+    return x / xp.where(norm > 0, norm, 1)
+
+
+def _blocks(x: da.Array, dtype: Any, chunk: int) -> tuple[list[Any], list[int]]:
+    x = x.rechunk((chunk, -1)).map_blocks(_unit_rows, dtype, dtype=dtype)
+    offsets = np.concatenate([[0], np.cumsum(x.chunks[0])[:-1]]).tolist()
+    return list(x.to_delayed().ravel()), offsets
+
+
+def _relative_step(
+    state: TopState | None, rows: Any, anchors: Any, offset: int, k: int
+) -> TopState:
+    values, items = merge_top(state, rows @ anchors.T, k, offset=offset)
+    return values, items.astype(np.int32)
+
+
+def _relative_states(rows: list[Any], anchors: list[Any], offsets: list[int], k: int) -> list[Any]:
+    """Per row block, the delayed top-k cosines to the anchors, in anchor order."""
+    step = dask.delayed(_relative_step, pure=True)
+    states = []
+    for block in rows:
+        state = None
+        for anchor_block, offset in zip(anchors, offsets, strict=True):
+            state = step(state, block, anchor_block, offset, k)
+        states.append(state)
+    return states
+
+
+def _weights(state: TopState, k: int, p: float) -> TopState:
+    """Anchor columns and weights of relative representations at (k, p), from a larger-k state."""
+    xp = array_module(state[0])
+    values, cols = state
+    if k < values.shape[1]:
+        values, cols = merge_top(None, values, k, items=cols)
+    weights = xp.maximum(values, 0) ** p
+    norm = xp.sqrt((weights * weights).sum(axis=1, keepdims=True))
+    return cols, weights / xp.where(norm > 0, norm, 1)
+
+
+def _score_step(
+    states: list[TopState] | None,
+    queries: TopState,
+    candidates: TopState,
+    offset: int,
+    cells: Sequence[tuple[int, float]],
+    top: int,
+    n_anchors: int,
+) -> list[TopState]:
+    xp = array_module(queries[0])
+    merged = []
+    for i, (k, p) in enumerate(cells):
+        q_cols, q_weights = _weights(queries, k, p)
+        c_cols, c_weights = _weights(candidates, k, p)
+        if xp is np:
+            block = sparse_scores_top(q_cols, q_weights, c_cols, c_weights, n_anchors, top)
+        else:
+            import cupyx.scipy.sparse
+
+            block = sparse_matrix_scores_top(
+                q_cols, q_weights, c_cols, c_weights, n_anchors, top, cupyx.scipy.sparse
+            )
+        state = None if states is None else states[i]
+        merged.append(merge_top(state, block[0], top, items=block[1] + offset))
+    return merged
+
+
+def _ranked(states: list[TopState]) -> np.ndarray:
+    return np.stack([to_numpy(ranked_items(state)) for state in states])
+
+
+def _score_graph(
+    q_states: list[Any],
+    c_states: list[Any],
+    c_offsets: list[int],
+    cells: Sequence[tuple[int, float]],
+    top: int,
+    n_anchors: int,
+) -> Any:
+    """Delayed (cells, queries, top) candidate positions for one layer pair."""
+    step = dask.delayed(_score_step, pure=True)
+    per_block = []
+    for q_state in q_states:
+        states = None
+        for c_state, offset in zip(c_states, c_offsets, strict=True):
+            states = step(states, q_state, c_state, offset, cells, top, n_anchors)
+        per_block.append(dask.delayed(_ranked, pure=True)(states))
+    return dask.delayed(np.concatenate, pure=True)(per_block, axis=1)
+
+
+def _valid_rows(arrays: list[da.Array]) -> Any:
+    valid = ~da.isnan(arrays[0]).any(axis=1)
+    for x in arrays[1:]:
+        valid &= ~da.isnan(x).any(axis=1)
+    return valid
+
+
+def _check_cells(ks: Sequence[int], ps: Sequence[float], only: Any) -> list[tuple[int, float]]:
+    ks, ps = [int(k) for k in ks], [float(p) for p in ps]
+    if not ks or not ps:
+        raise WordspaceError("ks/ps: give at least one k and one p")
+    if len(set(ks)) != len(ks) or len(set(ps)) != len(ps):
+        raise WordspaceError("ks/ps: values must be distinct")
+    if min(ks) < 1:
+        raise WordspaceError(f"k: must be at least 1, got {min(ks)}")
+    if min(ps) < 1:
+        raise WordspaceError(
+            f"p: must be at least 1 (ASIF raises similarities to p >= 1), got {min(ps)}"
+        )
+    if only is None:
+        return [(k, p) for k in ks for p in ps]
+    cells = [(int(k), float(p)) for k, p in only]
+    missing = [cell for cell in cells if cell[0] not in ks or cell[1] not in ps]
+    if missing:
+        raise WordspaceError(f"only: cells {missing} are not in ks x ps; add their k and p")
+    return cells
+
+
+def _retrieve_grid(
+    x_layers: list[tuple[Any, Any]],
+    y_layers: list[tuple[Any, Any]],
+    cells: list[tuple[int, float]],
+    top: int,
+    chunk: int,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Retrieved candidate indices, shape (len(x_layers), len(y_layers), cells, queries, top).
+
+    ``x_layers`` holds (anchors_x, queries_x) per layer of the query model, ``y_layers``
+    (anchors_y, candidates_y) per layer of the candidate model. A row with NaN in any layer is
+    left out (an anchor when NaN on either side); left-out queries get -1.
+    """
+    if top < 1:
+        raise WordspaceError(f"top: must be at least 1, got {top}")
+    if chunk < 1:
+        raise WordspaceError(f"chunk: must be at least 1, got {chunk}")
+    xs = [(_as_dask(a, "anchors_x"), _as_dask(q, "queries_x")) for a, q in x_layers]
+    ys = [(_as_dask(a, "anchors_y"), _as_dask(c, "candidates_y")) for a, c in y_layers]
+    n_anchors, n_queries, n_candidates = xs[0][0].shape[0], xs[0][1].shape[0], ys[0][1].shape[0]
+    for a, q in xs:
+        if a.shape[1] != q.shape[1]:
+            raise WordspaceError(
+                f"queries_x: dimension {q.shape[1]} differs from anchors_x's {a.shape[1]}; "
+                "queries and anchors must come from the same model layer"
+            )
+    for a, c in ys:
+        if a.shape[1] != c.shape[1]:
+            raise WordspaceError(
+                f"candidates_y: dimension {c.shape[1]} differs from anchors_y's {a.shape[1]}; "
+                "candidates and anchors must come from the same model layer"
+            )
+    sizes = {
+        "anchors_x": {a.shape[0] for a, _ in xs},
+        "anchors_y": {a.shape[0] for a, _ in ys},
+        "queries_x": {q.shape[0] for _, q in xs},
+        "candidates_y": {c.shape[0] for _, c in ys},
+    }
+    if sizes["anchors_x"] != {n_anchors} or sizes["anchors_y"] != {n_anchors}:
+        raise WordspaceError(
+            f"anchors_y: {sorted(sizes['anchors_y'])} rows but anchors_x has "
+            f"{sorted(sizes['anchors_x'])}; row i of both must be the same word token"
+        )
+    if n_queries == 0:
+        raise WordspaceError("queries_x: the query set is empty; give at least one query row")
+
+    anchor_ok, query_ok, candidate_ok = (
+        np.asarray(to_numpy(v))
+        for v in dask.compute(
+            _valid_rows([a for a, _ in xs] + [a for a, _ in ys]),
+            _valid_rows([q for _, q in xs]),
+            _valid_rows([c for _, c in ys]),
+        )
+    )
+    counts = {
+        "n_anchors": int(anchor_ok.sum()),
+        "n_queries": int(query_ok.sum()),
+        "n_candidates": int(candidate_ok.sum()),
+        "n_nan_anchors": int(n_anchors - anchor_ok.sum()),
+        "n_nan_queries": int(n_queries - query_ok.sum()),
+        "n_nan_candidates": int(n_candidates - candidate_ok.sum()),
+    }
+    k_max = max(k for k, _ in cells)
+    if k_max > counts["n_anchors"]:
+        raise WordspaceError(
+            f"k: {k_max} exceeds the {counts['n_anchors']} usable anchors "
+            f"({counts['n_nan_anchors']} with NaN left out); use a smaller k or more anchors"
+        )
+    if counts["n_queries"] == 0:
+        raise WordspaceError("queries_x: every query row contains NaN; nothing to retrieve")
+    if top > counts["n_candidates"]:
+        raise WordspaceError(
+            f"top: {top} exceeds the {counts['n_candidates']} usable candidates; lower top"
+        )
+
+    def rows(x: da.Array, ok: np.ndarray) -> da.Array:
+        return x if ok.all() else x[ok]
+
+    dtype = np.result_type(np.float32, *(x.dtype for pair in xs + ys for x in pair))
+    q_states, c_states = [], []
+    for anchors, queries in xs:
+        anchor_blocks, offsets = _blocks(rows(anchors, anchor_ok), dtype, chunk)
+        query_blocks, _ = _blocks(rows(queries, query_ok), dtype, chunk)
+        q_states.append(_relative_states(query_blocks, anchor_blocks, offsets, k_max))
+    c_offsets: list[int] = []
+    for anchors, candidates in ys:
+        anchor_blocks, offsets = _blocks(rows(anchors, anchor_ok), dtype, chunk)
+        candidate_blocks, c_offsets = _blocks(rows(candidates, candidate_ok), dtype, chunk)
+        c_states.append(_relative_states(candidate_blocks, anchor_blocks, offsets, k_max))
+    graphs = [
+        [_score_graph(q, c, c_offsets, cells, top, counts["n_anchors"]) for c in c_states]
+        for q in q_states
+    ]
+    (positions,) = dask.compute(graphs)
+    candidate_index = np.flatnonzero(candidate_ok)
+    retrieved = np.full((len(xs), len(ys), len(cells), n_queries, top), -1, dtype=np.int64)
+    retrieved[:, :, :, query_ok] = candidate_index[np.asarray(positions)]
+    return retrieved, counts
+
+
+def _cell_dataset(
+    retrieved: np.ndarray,
+    cells: list[tuple[int, float]],
+    ks: Sequence[int],
+    ps: Sequence[float],
+    counts: dict[str, int],
+    layers_a: Any,
+    layers_b: Any,
+) -> xr.Dataset:
+    ks, ps = list(ks), list(ps)
+    shape = retrieved.shape
+    full = np.full((shape[0], shape[1], len(ks), len(ps), shape[3], shape[4]), -1, np.int64)
+    for i, (k, p) in enumerate(cells):
+        full[:, :, ks.index(k), ps.index(p)] = retrieved[:, :, i]
+    return xr.Dataset(
+        {"retrieved": (("layer_a", "layer_b", "k", "p", "query", "rank"), full)},
+        coords={
+            "layer_a": layers_a,
+            "layer_b": layers_b,
+            "k": ks,
+            "p": ps,
+            "query": np.arange(shape[3]),
+            "rank": np.arange(shape[4]),
+        },
+        attrs=dict(counts),
+    )
+
+
+def asif_sweep(
+    anchors_x: Any,
+    anchors_y: Any,
+    queries_x: Any,
+    candidates_y: Any,
+    *,
+    ks: Sequence[int] = (100, 150, 200, 250),
+    ps: Sequence[float] = tuple(range(1, 10)),
+    only: Sequence[tuple[int, float]] | None = None,
+    top: int = 5,
+    chunk: int = DEFAULT_CHUNK,
+) -> xr.Dataset:
+    """ASIF retrieval for every (k, p) of ``ks`` x ``ps`` (or the ``only`` cells) in one pass.
+
+    Returns a Dataset with ``retrieved`` (k, p, query, rank): indices into ``candidates_y``, best
+    first; -1 for queries with NaN and for cells left out by ``only``. Attributes count the usable
+    and the NaN rows. Inputs are (rows, dim) numpy, cupy or dask arrays or DataArrays.
+    """
+    cells = _check_cells(ks, ps, only)
+    retrieved, counts = _retrieve_grid(
+        [(anchors_x, queries_x)], [(anchors_y, candidates_y)], cells, top, chunk
+    )
+    ds = _cell_dataset(retrieved, cells, ks, ps, counts, [0], [0])
+    return ds.isel(layer_a=0, layer_b=0, drop=True)
+
+
+def asif_retrieve(
+    anchors_x: Any,
+    anchors_y: Any,
+    queries_x: Any,
+    candidates_y: Any,
+    *,
+    k: int = 250,
+    p: float = 6,
+    top: int = 5,
+    chunk: int = DEFAULT_CHUNK,
+) -> np.ndarray:
+    """Indices into ``candidates_y`` of the ``top`` best candidates per query, best first.
+
+    ``anchors_x[i]`` and ``anchors_y[i]`` are the same word token in the two spaces. Rows with
+    NaN are left out: such a query's row is -1, such a candidate is never retrieved.
+    """
+    ds = asif_sweep(anchors_x, anchors_y, queries_x, candidates_y, ks=(k,), ps=(p,), top=top,
+                    chunk=chunk)  # fmt: skip
+    return ds["retrieved"].values[0, 0]
+
+
+def _layers(x: Any, name: str) -> tuple[da.Array, np.ndarray]:
+    """A (layer, word, dim) dask array and its layer labels."""
+    labels = None
+    if isinstance(x, xr.DataArray):
+        if "layer" in x.dims:
+            x = x.transpose("layer", ...)
+            labels = x["layer"].values if "layer" in x.coords else None
+        x = x.data
+    if not isinstance(x, da.Array):
+        if not hasattr(x, "shape"):
+            x = np.asarray(x)
+        x = da.from_array(x, chunks=(1, *x.shape[1:]) if x.ndim == 3 else x.shape, name=False)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise WordspaceError(f"{name}: expected (layer, word, dim), got shape {x.shape}")
+    return x, np.arange(x.shape[0]) if labels is None else labels
+
+
+def _word_index(index: Any, n_words: int, name: str) -> np.ndarray:
+    index = np.asarray(index)
+    if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
+        raise WordspaceError(f"{name}: expected a 1-D array of integer word indices")
+    if index.size and (index.min() < 0 or index.max() >= n_words):
+        raise WordspaceError(f"{name}: word indices must lie in [0, {n_words})")
+    return index
+
+
+def asif_grid(
+    a_layers: Any,
+    b_layers: Any,
+    *,
+    anchors: Any,
+    queries: Any,
+    candidates: Any,
+    ks: Sequence[int] = (250,),
+    ps: Sequence[float] = (4,),
+    only: Sequence[tuple[int, float]] | None = None,
+    top: int = 5,
+    chunk: int = DEFAULT_CHUNK,
+) -> xr.Dataset:
+    """ASIF retrieval for every layer pair: queries in ``a_layers``, candidates in ``b_layers``.
+
+    ``a_layers`` and ``b_layers`` are (layer, word, dim) arrays or DataArrays over the same
+    words; ``anchors`` and ``queries`` index words of both, ``candidates`` words of
+    ``b_layers``. Each layer's relative representations are computed once and reused for every
+    pair. Returns ``retrieved`` (layer_a, layer_b, k, p, query, rank): positions in
+    ``candidates``, -1 for left-out queries and cells; a word with NaN in any layer of a model
+    is left out of that role.
+    """
+    a, layers_a = _layers(a_layers, "a_layers")
+    b, layers_b = _layers(b_layers, "b_layers")
+    if a.shape[1] != b.shape[1]:
+        raise WordspaceError(
+            f"b_layers: {b.shape[1]} words but a_layers has {a.shape[1]}; both must index the "
+            "same word tokens"
+        )
+    anchors = _word_index(anchors, a.shape[1], "anchors")
+    queries = _word_index(queries, a.shape[1], "queries")
+    candidates = _word_index(candidates, b.shape[1], "candidates")
+    cells = _check_cells(ks, ps, only)
+    retrieved, counts = _retrieve_grid(
+        [(a[i][anchors], a[i][queries]) for i in range(a.shape[0])],
+        [(b[i][anchors], b[i][candidates]) for i in range(b.shape[0])],
+        cells,
+        top,
+        chunk,
+    )
+    return _cell_dataset(retrieved, cells, ks, ps, counts, layers_a, layers_b)

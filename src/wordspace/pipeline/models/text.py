@@ -139,14 +139,12 @@ class TransformerTextModel(ModelAdapter):
             raise WordspaceError(
                 f"{self.folder}: cannot load the model ({str(error).splitlines()[0]})"
             ) from error
+        except RuntimeError as error:  # transformers' report of weights of the wrong shapes
+            raise self._other_architecture("tensors of other shapes") from error
         # Only the pooler (unused here) may be missing; anything else means other weights.
-        missing = [key for key in info["missing_keys"] if "pooler" not in key]
+        missing = sorted(key for key in info["missing_keys"] if "pooler" not in key)
         if missing or info["mismatched_keys"]:
-            wrong = (missing + sorted(map(str, info["mismatched_keys"])))[:3]
-            raise WordspaceError(
-                f"{self.checkpoint_path}: weights do not fit the folder's config ({wrong}...);"
-                " the folder holds another architecture"
-            )
+            raise self._other_architecture(f"missing {missing[:2]}")
         if not tokenizer.is_fast:
             raise WordspaceError(
                 f"{self.folder}: needs a fast tokenizer (tokenizer.json) to align words to tokens"
@@ -164,6 +162,12 @@ class TransformerTextModel(ModelAdapter):
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._tokenizer = tokenizer
         self._model = model.to(self._device).eval()
+
+    def _other_architecture(self, detail: str) -> WordspaceError:
+        return WordspaceError(
+            f"{self.checkpoint_path}: weights do not fit {self.folder}/config.json ({detail});"
+            " the folder holds another architecture"
+        )
 
     def _windows(self, utterances: list[Utterance]) -> tuple[list[_Window], np.ndarray]:
         """The model inputs for `utterances`, and the number of tokens of every word."""

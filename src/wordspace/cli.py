@@ -251,6 +251,8 @@ COMMANDS: list[Command] = [
         _cluster_recipe_arguments,
         _cluster_recipes,
     ),
+    ("analyze", "run one of the study's analyses on a store", _analyze_arguments, _analyze),
+    ("report", "write the HTML report of a store's results", _report_arguments, _report),
 ]
 
 

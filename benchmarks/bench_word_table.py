@@ -13,50 +13,55 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from wordspace import open_store
-from wordspace.pipeline.corpus import word_table_dataset
 from wordspace.storage import store
+from wordspace.storage.word_table import WordTable
 
 
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+def strings(codes: np.ndarray, values: list[str]) -> pd.Categorical:
+    """A string column as the indexer holds it: codes into the distinct values."""
+    return pd.Categorical.from_codes(codes, categories=values)
+
+
 def synthetic_columns(n_words: int, seed: int = 0) -> tuple[dict, dict]:
     """LibriSpeech-like columns: 20 words per utterance, 50,000-word vocabulary, 2,000 speakers."""
     rng = np.random.default_rng(seed)
-    vocabulary = np.array([f"word{i}" for i in range(50_000)], dtype=object)
+    vocabulary = [f"word{i}" for i in range(50_000)]
     words_per_utterance = 20
     n_utterances = -(-n_words // words_per_utterance)
-    utterance_ids = np.array(
-        [f"{u % 2000}-{u // 2000}-{u:04d}" for u in range(n_utterances)], dtype=object
-    )
-    speakers = np.array([str(s) for s in range(2000)], dtype=object)
+    utterance_ids = [f"{u % 2000}-{u // 2000}-{u:04d}" for u in range(n_utterances)]
+    speakers = [str(s) for s in range(2000)]
     utterance_index = np.repeat(np.arange(n_utterances, dtype=np.int32), words_per_utterance)[
         :n_words
     ]
     position = np.tile(np.arange(words_per_utterance, dtype=np.int32), n_utterances)[:n_words]
     start = position * 0.3 + 0.1
+    utterance_numbers = np.arange(n_utterances)
     word_columns = {
-        "text": vocabulary[rng.zipf(1.3, n_words) % len(vocabulary)],
-        "utterance": utterance_ids[utterance_index],
-        "speaker": speakers[utterance_index % 2000],
-        "chapter": speakers[utterance_index // 2000 % 2000],
-        "gender": np.array(["F", "M"], dtype=object)[utterance_index % 2],
+        "text": strings(rng.zipf(1.3, n_words) % len(vocabulary), vocabulary),
+        "utterance": strings(utterance_index, utterance_ids),
+        "speaker": strings(utterance_index % 2000, speakers),
+        "chapter": strings(utterance_index // 2000 % 2000, speakers),
+        "gender": strings(utterance_index % 2, ["F", "M"]),
         "position": position,
         "start": start,
         "end": start + 0.3,
-        "phones": np.array(["W ER1 D"], dtype=object)[np.zeros(n_words, dtype=np.int64)],
+        "phones": strings(np.zeros(n_words, dtype=np.int8), ["W ER1 D"]),
         "utterance_index": utterance_index,
     }
     utterance_columns = {
-        "utterance_id": utterance_ids,
-        "audio_path": np.array([f"{u}.flac" for u in utterance_ids], dtype=object),
+        "utterance_id": strings(utterance_numbers, utterance_ids),
+        "audio_path": strings(utterance_numbers, [f"{u}.flac" for u in utterance_ids]),
         "sample_rate": np.full(n_utterances, 16000, dtype=np.int32),
         "duration": np.full(n_utterances, 6.2),
-        "transcript": np.array(["word " * 20], dtype=object)[np.zeros(n_utterances, dtype=int)],
-        "utterance_speaker": speakers[np.arange(n_utterances) % 2000],
+        "transcript": strings(np.zeros(n_utterances, dtype=np.int8), ["word " * 20]),
+        "utterance_speaker": strings(utterance_numbers % 2000, speakers),
     }
     return word_columns, utterance_columns
 
@@ -70,7 +75,7 @@ def main() -> None:
 
     began = time.perf_counter()
     words, utterances = synthetic_columns(args.words)
-    table = word_table_dataset(words, utterances, Path("/corpus"))
+    table = WordTable.from_columns(words, utterances, corpus_root="/corpus")
     built = time.perf_counter()
     store.write_word_table(args.store, table)
     written = time.perf_counter()

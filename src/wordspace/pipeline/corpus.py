@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
 
 from wordspace.errors import WordspaceError
 from wordspace.pipeline.audio import AUDIO_SUFFIXES, audio_info
 from wordspace.pipeline.textgrid import SILENCE_LABELS, TextGrid, read_textgrid
+from wordspace.storage.word_table import UTTERANCE_COLUMNS, WORD_COLUMNS, WordTable
 
 LIBRISPEECH_ID = re.compile(r"^(?P<speaker>\d+)-(?P<chapter>\d+)-(?P<utt>\d+)$")
 # MFA's interval ends are rounded; an interval this far past the audio's end is still accepted.
@@ -157,38 +157,6 @@ def find_textgrids(alignments_root: Path) -> dict[str, Path]:
     return textgrids
 
 
-@dataclass
-class _Columns:
-    """Growing columns of the word table and the utterance table."""
-
-    words: dict[str, list] = field(default_factory=lambda: {name: [] for name in WORD_COLUMNS})
-    utterances: dict[str, list] = field(
-        default_factory=lambda: {name: [] for name in UTTERANCE_COLUMNS}
-    )
-
-
-WORD_COLUMNS = (
-    "text",
-    "utterance",
-    "speaker",
-    "chapter",
-    "gender",
-    "position",
-    "start",
-    "end",
-    "phones",
-    "utterance_index",
-)
-UTTERANCE_COLUMNS = (
-    "utterance_id",
-    "audio_path",
-    "sample_rate",
-    "duration",
-    "transcript",
-    "utterance_speaker",
-)
-
-
 def _words_of(grid: TextGrid, path: Path) -> list[tuple[str, float, float, str]]:
     """(word, start, end, phones) for each word interval of the grid."""
     try:
@@ -220,14 +188,15 @@ def _words_of(grid: TextGrid, path: Path) -> list[tuple[str, float, float, str]]
 
 def build_word_table(
     corpus_root: Path, alignments_root: Path | None, *, strict: bool = False
-) -> tuple[xr.Dataset, IndexSummary]:
+) -> tuple[WordTable, IndexSummary]:
     """Read the corpus and its alignments into the word table (dims `word` and `utt`)."""
     corpus_root = Path(corpus_root)
     utterances = find_utterances(corpus_root)
     textgrids = find_textgrids(alignments_root if alignments_root is not None else corpus_root)
     genders = read_speakers(corpus_root)
     summary = IndexSummary()
-    columns = _Columns()
+    word_rows: dict[str, list] = {name: [] for name in WORD_COLUMNS}
+    utterance_rows: dict[str, list] = {name: [] for name in UTTERANCE_COLUMNS}
     for utterance in utterances:
         textgrid_path = textgrids.get(utterance.id)
         if textgrid_path is None:
@@ -254,7 +223,7 @@ def build_word_table(
                     f"audio ({duration:.3f} s, {utterance.audio_path}); the TextGrid belongs to "
                     "other audio"
                 )
-        utterance_index = len(columns.utterances["utterance_id"])
+        utterance_index = len(utterance_rows["utterance_id"])
         gender = genders.get(utterance.speaker, "")
         for position, (word, start, end, phones) in enumerate(words):
             row = (
@@ -270,7 +239,7 @@ def build_word_table(
                 utterance_index,
             )
             for name, value in zip(WORD_COLUMNS, row, strict=True):
-                columns.words[name].append(value)
+                word_rows[name].append(value)
         transcript = utterance.transcript or " ".join(word for word, *_ in words)
         relative = utterance.audio_path.resolve().relative_to(corpus_root.resolve())
         utterance_row = (
@@ -282,12 +251,14 @@ def build_word_table(
             utterance.speaker,
         )
         for name, value in zip(UTTERANCE_COLUMNS, utterance_row, strict=True):
-            columns.utterances[name].append(value)
-    table = word_table_dataset(columns.words, columns.utterances, corpus_root.resolve())
-    summary.utterances = table.sizes["utt"]
-    summary.word_tokens = table.sizes["word"]
-    summary.distinct_words = len(set(columns.words["text"]))
-    summary.speakers = len(set(columns.words["speaker"]))
+            utterance_rows[name].append(value)
+    table = WordTable.from_columns(
+        word_rows, utterance_rows, corpus_root=str(corpus_root.resolve())
+    )
+    summary.utterances = table.n_utterances
+    summary.word_tokens = table.n_words
+    summary.distinct_words = len(table.words["text"].categories)
+    summary.speakers = len(table.words["speaker"].categories)
     if summary.word_tokens == 0:
         raise WordspaceError(
             f"{corpus_root}: no aligned words found "
@@ -295,30 +266,3 @@ def build_word_table(
             "check that --alignments points to the TextGrids of this corpus"
         )
     return table, summary
-
-
-_TYPES = {
-    "position": np.int32,
-    "start": np.float64,
-    "end": np.float64,
-    "utterance_index": np.int32,
-    "sample_rate": np.int32,
-    "duration": np.float64,
-}
-
-
-def word_table_dataset(
-    word_columns: dict[str, list], utterance_columns: dict[str, list], corpus_root: Path
-) -> xr.Dataset:
-    """The word table as a Dataset: word-level coordinates on `word`, utterance-level on `utt`."""
-
-    def as_array(name: str, values: list) -> np.ndarray:
-        return np.asarray(values, dtype=_TYPES.get(name, object))
-
-    return xr.Dataset(
-        coords={
-            **{name: ("word", as_array(name, values)) for name, values in word_columns.items()},
-            **{name: ("utt", as_array(name, values)) for name, values in utterance_columns.items()},
-        },
-        attrs={"corpus_root": str(corpus_root)},
-    )

@@ -31,7 +31,12 @@ def write_analysis(url: str | os.PathLike, name: str, key: str, results: xr.Data
     with attributes `analysis` and `key` added."""
     path = analysis_group_path(name, key)
     results = results.assign_attrs(analysis=name, key=key)
-    results.assign_attrs({COMPLETE: False}).to_zarr(
+    # Fixed-width numpy strings have no Zarr v3 specification; variable-length ones do.
+    stored = results.copy()
+    for variable in stored.variables:
+        if stored[variable].dtype.kind == "U":
+            stored[variable] = stored[variable].astype(object)
+    stored.assign_attrs({COMPLETE: False}).to_zarr(
         zarr_store(url), group=path, mode="w", zarr_format=3, consolidated=False
     )
     zarr.open_group(zarr_store(url), path=path, mode="r+").attrs[COMPLETE] = True

@@ -13,7 +13,6 @@ block of words at a time, each block marked complete after its data.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import uuid
@@ -26,10 +25,10 @@ import zarr
 from zarr.storage import FsspecStore, LocalStore
 
 from wordspace.errors import WordspaceError
+from wordspace.storage.word_table import WordTable, write_columns
 
 COMPLETE = "wordspace_complete"
 SCHEMA_VERSION = 1
-WORD_TABLE_CHUNK = 1_000_000
 EMBEDDING_CHUNK_WORDS = 1024
 MAX_WORDS_PER_BLOCK = 16_384
 
@@ -60,30 +59,12 @@ def store_exists(url: str | os.PathLike) -> bool:
     return bool(root.attrs.get(COMPLETE))
 
 
-def word_table_fingerprint(table: xr.Dataset) -> str:
-    """A hash of what identifies a corpus's word tokens: utterances, words and their times."""
-    digest = hashlib.sha256()
-    for name in ("utterance", "text"):
-        digest.update("\n".join(map(str, table[name].values)).encode())
-    for name in ("start", "end"):
-        digest.update(np.ascontiguousarray(table[name].values, dtype=np.float64).tobytes())
-    return digest.hexdigest()[:32]
-
-
-def _write_table(table: xr.Dataset, target: zarr.abc.store.Store) -> None:
-    encoding = {
-        name: {"chunks": (min(WORD_TABLE_CHUNK, max(1, table.sizes[table[name].dims[0]])),)}
-        for name in table.variables
-    }
-    table.to_zarr(target, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
-
-
-def write_word_table(url: str | os.PathLike, table: xr.Dataset) -> bool:
+def write_word_table(url: str | os.PathLike, table: WordTable) -> bool:
     """Create the store with `table`; False when it already holds this very corpus.
 
     A store that holds a different corpus is an error; a half-written one is replaced.
     """
-    fingerprint = word_table_fingerprint(table)
+    fingerprint = table.fingerprint()
     if store_exists(url):
         existing = zarr.open_group(zarr_store(url, read_only=True), mode="r").attrs
         if existing.get("fingerprint") == fingerprint:
@@ -92,27 +73,32 @@ def write_word_table(url: str | os.PathLike, table: xr.Dataset) -> bool:
             f"{url}: store already holds a different corpus ({existing.get('n_words')} words); "
             "choose another --store path or delete it"
         )
-    table = table.assign_attrs(
-        fingerprint=fingerprint,
-        n_words=table.sizes["word"],
-        schema_version=SCHEMA_VERSION,
-    )
+    attrs = {
+        **table.attrs,
+        "fingerprint": fingerprint,
+        "n_words": table.n_words,
+        "schema_version": SCHEMA_VERSION,
+    }
+
+    def write(target: zarr.abc.store.Store) -> None:
+        group = zarr.open_group(target, mode="w", zarr_format=3)
+        write_columns(group, table)
+        group.attrs.update(attrs)
+        group.attrs[COMPLETE] = True
+
     if is_local(url):
         final = _local_path(url)
         partial = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
         try:
-            _write_table(table, LocalStore(partial))
-            zarr.open_group(LocalStore(partial), mode="r+").attrs[COMPLETE] = True
+            write(LocalStore(partial))
             if final.exists():
                 shutil.rmtree(final)
             partial.rename(final)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
         return True
-    target = zarr_store(url)
     try:
-        _write_table(table, target)
-        zarr.open_group(target, mode="r+").attrs[COMPLETE] = True
+        write(zarr_store(url))
     except BaseException:
         _remove_remote(url)
         raise

@@ -1,1 +1,5 @@
 """Imports every adapter module so that each registers its models (one import line per module)."""
+from wordspace.pipeline.models import text  # noqa: F401
+from wordspace.pipeline.models import bundled  # noqa: F401
+from wordspace.pipeline.models import static  # noqa: F401
+from wordspace.pipeline.models import acoustic  # noqa: F401

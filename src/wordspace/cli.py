@@ -86,6 +86,17 @@ def _compare(args: argparse.Namespace) -> None:
     print(f"stored in {args.store} at comparisons/{args.a}__{args.b}")
 
 
+def _study(args: argparse.Namespace) -> None:
+    from wordspace.cluster import dask_client
+    from wordspace.pipeline.study import headline_table, run_study, study_pairs
+
+    plan = study_pairs([model.strip() for model in args.models.split(",") if model.strip()])
+    with dask_client(args.scheduler, workers=args.workers) as client:
+        run_study(args.store, plan, client, seed=args.seed)
+    for line in headline_table(args.store, plan):
+        print(line)
+
+
 def _integers(text: str, option: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(","))
@@ -96,7 +107,8 @@ def _integers(text: str, option: str) -> tuple[int, ...]:
 def _analyze(args: argparse.Namespace) -> None:
     from wordspace.pipeline.analyses import ANALYSES, plot_results, run_analysis
 
-    options = {name: value for name, value in vars(args).items() if name not in ("run", "command")}
+    skip = ("run", "command", "name", "store", "figures")
+    options = {key: value for key, value in vars(args).items() if key not in skip}
     results = run_analysis(args.name, args.store, **options)
     print(ANALYSES[args.name].reading(results))
     if args.figures:
@@ -234,6 +246,18 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
     _cluster_arguments(parser)
 
 
+DEMO_MODELS = "logmel,mfcc,whisper-tiny.en,whisper-base,minilm-l6,mpnet-base,glove-6b-50d"
+
+
+def _study_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("store", help="store path or URL (made by `wordspace index`)")
+    parser.add_argument(
+        "--models", default=DEMO_MODELS, help=f"comma-separated models (default: {DEMO_MODELS})"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the ASIF query split")
+    _cluster_arguments(parser)
+
+
 COMMANDS: list[Command] = [
     ("index", "index a corpus's word alignments into a new store", _index_arguments, _index),
     ("align", "force-align a corpus with pocketsphinx into TextGrids", _align_arguments, _align),
@@ -245,6 +269,12 @@ COMMANDS: list[Command] = [
         _extract,
     ),
     ("compare", "compare two extracted models layer by layer", _compare_arguments, _compare),
+    (
+        "study",
+        "extract every model and compare the study's pairs (audio × text, each model × itself)",
+        _study_arguments,
+        _study,
+    ),
     (
         "cluster",
         "print recipes for running on a Dask cluster (SLURM, Kubernetes, hosts)",

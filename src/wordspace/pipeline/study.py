@@ -1,0 +1,111 @@
+"""The whole study on one store: extract every model, compare the study's pairs, summarise.
+
+Each step is skipped when the store already holds its result, so a second run only reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+from distributed import Client
+
+from wordspace.pipeline.compare import compare_models
+from wordspace.pipeline.extract import extract_model
+from wordspace.pipeline.models.registry import build_model
+from wordspace.storage import store
+
+STUDY_METRICS = ("cka", "cka_debiased", "cca", "asif")
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """Which models to extract and which pairs to compare."""
+
+    models: tuple[str, ...]
+    pairs: tuple[tuple[str, str], ...]
+
+
+def study_pairs(models: Sequence[str]) -> StudyPlan:
+    """The study's pairs: each audio model against each text model, and each model with itself."""
+    modality = {model: build_model(model).modality for model in models}
+    audio = [model for model in models if modality[model] == "audio"]
+    text = [model for model in models if modality[model] != "audio"]
+    pairs = [(a, b) for a in audio for b in text] + [(model, model) for model in models]
+    return StudyPlan(tuple(models), tuple(pairs))
+
+
+def _comparison_done(store_url: str, a: str, b: str, metrics: Sequence[str]) -> bool:
+    existing = store.read_comparison(store_url, a, b)
+    if existing is None:
+        return False
+    needed = {"asif": "asif_top1"}
+    return all(needed.get(metric, metric) in existing.data_vars for metric in metrics)
+
+
+def run_study(
+    store_url: str,
+    plan: StudyPlan,
+    client: Client,
+    *,
+    metrics: Sequence[str] = STUDY_METRICS,
+    asif_ks: Sequence[int] = (100, 250),
+    asif_ps: Sequence[int] = (4, 6),
+    seed: int = 0,
+    progress: bool = True,
+) -> list[str]:
+    """Extract, then compare; returns the printed log lines (one per step)."""
+    log = []
+    for model in plan.models:
+        summary = extract_model(store_url, model, client=client, progress=progress)
+        log.append(
+            f"extract {model}: {summary.blocks_done} new block(s) of {summary.blocks_total}, "
+            f"{summary.missing_words} word(s) NaN, {summary.seconds:.0f} s"
+        )
+        print(log[-1], flush=True)
+    for a, b in plan.pairs:
+        pair_metrics = [m for m in metrics if not (a == b and m == "asif")]
+        if _comparison_done(store_url, a, b, pair_metrics):
+            log.append(f"compare {a} × {b}: already in the store")
+        else:
+            compare_models(
+                store_url, a, b, pair_metrics, seed=seed,
+                **({"ks": tuple(asif_ks), "ps": tuple(asif_ps)} if "asif" in pair_metrics else {}),
+            )  # fmt: skip
+            log.append(f"compare {a} × {b}: {', '.join(pair_metrics)}")
+        print(log[-1], flush=True)
+    return log
+
+
+def headline_table(store_url: str, plan: StudyPlan) -> list[str]:
+    """Best layer pair and its value, per compared pair and metric."""
+    lines = [f"{'model a':<16} {'model b':<16} {'metric':<13} {'best layers':<28} value"]
+    for a, b in plan.pairs:
+        results = store.read_comparison(store_url, a, b)
+        if results is None:
+            continue
+        for name, grid in results.data_vars.items():
+            best = _best_cell(grid, same_model=a == b)
+            if best is None:
+                continue
+            layers, value = best
+            lines.append(f"{a:<16} {b:<16} {name:<13} {layers:<28} {value:.3f}")
+    return lines
+
+
+def _best_cell(grid: xr.DataArray, same_model: bool) -> tuple[str, float] | None:
+    if "layer_a" not in grid.dims or "layer_b" not in grid.dims:
+        return None
+    reduced = grid.max([dim for dim in grid.dims if dim not in ("layer_a", "layer_b")])
+    values = reduced.transpose("layer_a", "layer_b").values.astype(np.float64)
+    if same_model and values.shape[0] == values.shape[1]:
+        # A layer with itself is trivially 1: the interesting maximum is off the diagonal.
+        values = values.copy()
+        np.fill_diagonal(values, np.nan)
+    if np.all(np.isnan(values)):
+        return None
+    row, column = np.unravel_index(np.nanargmax(values), values.shape)
+    layers = f"{reduced.layer_a.values[row]} × {reduced.layer_b.values[column]}"
+    return layers, float(values[row, column])

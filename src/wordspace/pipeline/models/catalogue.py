@@ -1,4 +1,6 @@
 """Imports every adapter module so that each registers its models (one import line per module)."""
+from wordspace.pipeline.models import speech  # noqa: F401
+from wordspace.pipeline.models import beats  # noqa: F401
 from wordspace.pipeline.models import text  # noqa: F401
 from wordspace.pipeline.models import bundled  # noqa: F401
 from wordspace.pipeline.models import static  # noqa: F401

@@ -67,7 +67,7 @@ class PocketsphinxAligner:
     def __init__(self) -> None:
         from pocketsphinx import Decoder
 
-        self._decoder = Decoder(lm=None, loglevel="FATAL", beam=1e-80, pbeam=1e-80, wbeam=1e-60)
+        self._decoder = Decoder(lm=None, loglevel="FATAL")
 
     def _ensure_in_dictionary(self, words: Sequence[str]) -> None:
         for word in set(words):

@@ -5,3 +5,4 @@ from wordspace.pipeline.models import text  # noqa: F401
 from wordspace.pipeline.models import bundled  # noqa: F401
 from wordspace.pipeline.models import static  # noqa: F401
 from wordspace.pipeline.models import acoustic  # noqa: F401
+from wordspace.pipeline.models import encodecmae  # noqa: F401

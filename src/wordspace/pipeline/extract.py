@@ -201,7 +201,8 @@ class ExtractSummary:
             f"model group: models/{self.group}",
             f"word tokens: {self.words} in {self.blocks_total} blocks "
             f"({self.blocks_done} computed now, the rest already complete)",
-            f"utterances processed: {self.utterances} ({self.audio_hours * 3600:.1f} s of audio)",
+            f"utterances embedded: {self.utterances} ({self.audio_hours * 3600:.1f} s of audio; "
+            "an utterance across two blocks counts twice)",
             f"words the model cannot represent (NaN): {self.missing_words}"
             + (f", e.g. {', '.join(self.missing_sample[:10])}" if self.missing_sample else ""),
             f"time: {self.seconds:.1f} s",
@@ -376,7 +377,7 @@ def extract_model(
         if client is not None:
             utterances, seconds = run_plans(plans, client, progress)
         else:
-            with dask_client(scheduler, workers=workers or 1, quiet=not progress) as own:
+            with dask_client(scheduler, workers=workers, quiet=not progress) as own:
                 utterances, seconds = run_plans(plans, own, progress)
     missing, sample = _finish(store_url, group)
     return ExtractSummary(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ import transformers
 from wordspace.errors import WordspaceError
 from wordspace.pipeline.models.base import Utterance
 from wordspace.pipeline.models.registry import build_model
+from wordspace.pipeline.models.s3prl_adapter import S3prlAdapter
 from wordspace.pipeline.models.speech import (
     TransformersSpeechAdapter,
     conv_geometry,
@@ -194,3 +198,83 @@ def test_registered_name_absent_from_cache_says_how_to_get_it(
     with pytest.raises(WordspaceError, match="hf download facebook/wav2vec2-base") as error:
         build_model("wav2vec2-base")
     assert "\n" not in str(error.value)
+
+
+class StandInS3PRLUpstream(torch.nn.Module):
+    """s3prl.nn.S3PRLUpstream as far as the adapter uses it; left in training mode like s3prl.
+
+    Frame i of layer l holds 1000 · l + i; the copies s3prl appends up to ceil(N / 320) frames
+    hold -1, so a test sees whether any of them leaks into a word.
+    """
+
+    def __init__(self, name: str, path_or_url: str | None = None) -> None:
+        super().__init__()
+        if name == "wav2vec2_large":
+            self.num_layers, self.hidden_sizes = 25, [1024] * 25
+        else:
+            self.num_layers, self.hidden_sizes = 13, [768] * 13
+        self.train()
+
+    def forward(
+        self, wavs: torch.Tensor, wavs_len: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        n_samples = int(wavs_len[0])
+        real = (n_samples - 400) // 320 + 1
+        padded = -(-n_samples // 320)
+        index = torch.cat([torch.arange(real, dtype=torch.float32), -torch.ones(padded - real)])
+        layers = [
+            (1000.0 * layer + index)[None, :, None].expand(1, padded, self.hidden_sizes[0])
+            for layer in range(self.num_layers)
+        ]
+        return layers, [torch.tensor([padded])] * self.num_layers
+
+
+@pytest.fixture
+def stand_in_s3prl(monkeypatch: pytest.MonkeyPatch) -> None:
+    package, nn_module = types.ModuleType("s3prl"), types.ModuleType("s3prl.nn")
+    nn_module.S3PRLUpstream = StandInS3PRLUpstream
+    package.nn = nn_module
+    monkeypatch.setitem(sys.modules, "s3prl", package)
+    monkeypatch.setitem(sys.modules, "s3prl.nn", nn_module)
+
+
+def test_s3prl_keeps_real_frames_and_evaluates(stand_in_s3prl: None) -> None:
+    adapter = build_model("s3prl:wav2vec2=/weights/wav2vec_small.pt")
+    assert (
+        isinstance(adapter, S3prlAdapter) and adapter.checkpoint_path == "/weights/wav2vec_small.pt"
+    )
+    adapter.load("cpu")
+    assert not adapter.model.training
+    n_samples = 16000 + 100  # 50 real frames; s3prl pads to 51
+    frames = adapter.frames([np.zeros(n_samples, dtype=np.float32)])[0]
+    assert frames.shape == (13, 50, 768) and frames.min() >= 0
+    # A word from 0.9 s to 1.01 s ends in the last real frame's cell: it pools frames 44..49.
+    utterance = Utterance(
+        "u", ["w"], np.array([0.9]), np.array([1.01]), "w", np.zeros(n_samples, np.float32)
+    )
+    vectors = adapter.embed([utterance])[0]
+    np.testing.assert_allclose(vectors[:, 0, 0], 1000 * np.arange(13) + np.mean(np.arange(44, 50)))
+
+
+def test_s3prl_refuses_what_it_cannot_describe(stand_in_s3prl: None) -> None:
+    with pytest.raises(WordspaceError, match="only the wav2vec2"):
+        build_model("s3prl:apc")
+    with pytest.raises(WordspaceError, match="25 hidden states"):
+        build_model("s3prl:wav2vec2_large").load("cpu")
+
+
+def test_s3prl_absent_or_broken_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "s3prl", None)
+    monkeypatch.setitem(sys.modules, "s3prl.nn", None)
+    with pytest.raises(WordspaceError, match="torchaudio") as error:
+        build_model("s3prl:wav2vec2")
+    assert "\n" not in str(error.value)
+
+
+def test_real_s3prl_where_it_imports() -> None:
+    try:
+        importlib.import_module("s3prl.nn")
+    except (ImportError, OSError) as error:
+        pytest.skip(f"s3prl cannot import beside torch {torch.__version__}: {error}")
+    adapter = build_model("s3prl:wav2vec2")
+    assert adapter.layer_names[0] == "layer_0"

@@ -6,3 +6,5 @@ from wordspace.pipeline.models import bundled  # noqa: F401
 from wordspace.pipeline.models import static  # noqa: F401
 from wordspace.pipeline.models import acoustic  # noqa: F401
 from wordspace.pipeline.models import encodecmae  # noqa: F401
+from wordspace.pipeline.models import s3prl_adapter  # noqa: F401
+from wordspace.pipeline.models import whisper  # noqa: F401

@@ -16,7 +16,7 @@ import xarray as xr
 
 import wordspace
 from wordspace.pipeline.analyses import ANALYSES, plot_results, retrieval_errors, stored_results
-from wordspace.pipeline.analyses.common import METRIC_LABELS
+from wordspace.pipeline.analyses.common import METRIC_LABELS, texts
 from wordspace.storage import store
 
 TITLES = {
@@ -86,17 +86,17 @@ def format_headlines(rows: list[Headline]) -> str:
 def corpus_summary(url: str | os.PathLike) -> dict[str, str]:
     """Counts that describe the corpus of the store."""
     table = store.open_word_table(url)
-    text = table["text"].values
+    text = texts(table["text"].values)
     seconds = float((table["end"] - table["start"]).sum())
     summary = {
         "word tokens": f"{len(text):,}",
         "word types": f"{len(np.unique(text)):,}",
-        "utterances": f"{len(np.unique(table['utterance'].values)):,}",
-        "speakers": f"{len(np.unique(table['speaker'].values)):,}",
+        "utterances": f"{len(np.unique(texts(table['utterance'].values))):,}",
+        "speakers": f"{len(np.unique(texts(table['speaker'].values))):,}",
         "speech in words": f"{seconds / 60:.1f} min",
     }
     if "gender" in table.coords:
-        genders, counts = np.unique(table["gender"].values.astype(str), return_counts=True)
+        genders, counts = np.unique(texts(table["gender"].values), return_counts=True)
         summary["tokens by gender"] = ", ".join(
             f"{g or '?'} {c:,}" for g, c in zip(genders, counts, strict=True)
         )

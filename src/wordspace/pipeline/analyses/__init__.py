@@ -130,7 +130,8 @@ def run_study(
     audios = [m for m in models if m not in texts]
     static = [m for m in texts if modality[m] == "static"]
     have = list_analyses(url)
-    jobs: list[tuple[str, str, dict[str, Any]]] = [(heatmaps.NAME, m, {"a": m}) for m in models]
+    layered = [m for m in models if store.open_embedding(url, m).sizes["layer"] > 1]
+    jobs: list[tuple[str, str, dict[str, Any]]] = [(heatmaps.NAME, m, {"a": m}) for m in layered]
     for audio in audios:
         for text in texts:
             pair = f"{audio}__{text}"

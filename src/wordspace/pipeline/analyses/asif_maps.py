@@ -229,7 +229,7 @@ def plot(results: xr.Dataset, out_dir: str | os.PathLike, stem: str) -> list[Pat
                 f"{value:.0%}",
                 ha="center",
                 va="center",
-                fontsize=8,
+                fontsize=9,
                 color="white" if value < np.nanmax(table) * 0.7 else "black",
             )
     axis.set_xticks(range(len(results["p"])), [f"{v:g}" for v in results["p"].values])

@@ -66,10 +66,10 @@ def valid_words(*arrays: Any) -> np.ndarray:
 
 def resampling_groups(words: xr.Dataset | xr.DataArray) -> tuple[np.ndarray, str]:
     """Per-word group labels for the bootstrap: speakers when there are enough, else utterances."""
-    speakers = np.asarray(words["speaker"].values).astype(str)
+    speakers = texts(words["speaker"].values)
     if len(np.unique(speakers)) >= MIN_SPEAKERS_FOR_BOOTSTRAP:
         return speakers, "speaker"
-    return np.asarray(words["utterance"].values).astype(str), "utterance"
+    return texts(words["utterance"].values), "utterance"
 
 
 def group_bootstrap(groups: np.ndarray, n_boot: int, rng: np.random.Generator) -> list[np.ndarray]:

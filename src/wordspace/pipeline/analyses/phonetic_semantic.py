@@ -17,6 +17,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
+from matplotlib.ticker import FuncFormatter
 
 from wordspace.errors import WordspaceError
 from wordspace.pipeline.analyses import asif_maps
@@ -218,6 +219,7 @@ def plot(results: xr.Dataset, out_dir: str | os.PathLike, stem: str) -> list[Pat
                 label=f"{label}, {kind}",
             )
     axis.set_xscale("log")
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}%"))
     axis.set_xlabel("closest pairs selected by the distance (% of sampled pairs)")
     axis.set_ylabel("mean cosine distance in the audio model")
     axis.set_title(

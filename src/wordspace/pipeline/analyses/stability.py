@@ -150,35 +150,36 @@ def reading(results: xr.Dataset) -> str:
 
 
 def plot(results: xr.Dataset, out_dir: str | os.PathLike, stem: str) -> list[Path]:
-    """One panel per size (every seed's curve and the full-data curve), and Pearson r by size."""
+    """Each size's curves (one colour per size, every seed) over the full-data curve, and the
+    Pearson r of each with it by size."""
     sizes = results["size"].values
-    n_cols = min(4, len(sizes))
-    n_rows = -(-len(sizes) // n_cols)
-    figure = plt.figure(figsize=(4 * n_cols + 4, 2.6 * n_rows + 0.6), layout="constrained")
-    grid = figure.add_gridspec(n_rows, n_cols + 1, width_ratios=[1] * n_cols + [1.3])
-    x = np.arange(results.sizes["layer"])
-    for index, size in enumerate(sizes):
-        axis = figure.add_subplot(grid[index // n_cols, index % n_cols])
-        for curve in results["curve"].sel(size=size).values:
-            axis.plot(x, curve, color="tab:blue", alpha=0.45, linewidth=1)
-        axis.plot(x, results["full"].values, color="black", linestyle="--", linewidth=1.2)
-        r = float(results["pearson"].sel(size=size).mean())
-        axis.set_title(f"{size} words (r = {r:.3f})", fontsize=9)
-        layer_ticks(axis, results["layer"].values, "x")
-        axis.tick_params(labelsize=7)
-        axis.grid(alpha=0.3)
-    axis = figure.add_subplot(grid[:, n_cols])
-    for seed in results["seed"].values:
-        axis.plot(sizes, results["pearson"].sel(seed=seed).values, "o", color="tab:blue", alpha=0.4)
-    axis.plot(sizes, results["pearson"].mean("seed").values, color="tab:red", label="mean")
-    axis.set_xscale("log")
-    axis.set_xlabel("words in the subsample")
-    axis.set_ylabel("Pearson r with the full-data curve")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.suptitle(
-        f"{METRIC_LABELS[results.attrs['metric']]} of {results.attrs['model_a']} layers vs "
-        f"{results.attrs['model_b']} {results.attrs['layer_b']}: random subsamples (dashed: all "
-        f"{results.attrs['n_words']} words)"
+    figure, (left, right) = plt.subplots(
+        1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.5, 1]}, layout="constrained"
     )
+    x = np.arange(results.sizes["layer"])
+    colors = plt.get_cmap("viridis")(np.linspace(0, 0.85, len(sizes)))
+    for size, color in zip(sizes, colors, strict=True):
+        for index, curve in enumerate(results["curve"].sel(size=size).values):
+            left.plot(x, curve, color=color, alpha=0.55, linewidth=1,
+                      label=f"{size} words" if index == 0 else None)  # fmt: skip
+    left.plot(x, results["full"].values, color="black", linestyle="--", linewidth=1.6,
+              label=f"all {results.attrs['n_words']} words")  # fmt: skip
+    layer_ticks(left, results["layer"].values, "x")
+    left.set_xlabel(f"{results.attrs['model_a']} layer")
+    left.set_ylabel(METRIC_LABELS[results.attrs["metric"]])
+    left.set_title(f"vs {results.attrs['model_b']} {results.attrs['layer_b']}: "
+                   f"{results.sizes['seed']} random subsamples per size")  # fmt: skip
+    left.legend(fontsize=7, ncol=2)
+    left.grid(alpha=0.3)
+    for seed in results["seed"].values:
+        right.plot(
+            sizes, results["pearson"].sel(seed=seed).values, "o", color="tab:blue", alpha=0.4
+        )
+    right.plot(sizes, results["pearson"].mean("seed").values, color="tab:red", label="mean")
+    right.set_xscale("log")
+    right.set_xlabel("words in the subsample")
+    right.set_ylabel("Pearson r with the full-data curve")
+    right.set_title("agreement with the full-data curve")
+    right.grid(alpha=0.3)
+    right.legend()
     return save_figure(figure, out_dir, stem)

@@ -1,8 +1,9 @@
 """ASIF retrieval across layer pairs (study figs. 4.11, 4.15) and its (k, p) table (table 3.1).
 
-Protocol (study section 3.3.3): a random `query_share` of the words valid in both models is held
-out as queries; the rest are the anchors. A query's word in model A retrieves among the held-out
-words in model B; it is a hit at rank r when the word retrieved there is the same word (text).
+The study's protocol (`asif_study_protocol`, section 3.3.3): a seeded `query_share` of the word
+tokens are queries, the others are both anchors and candidates; a retrieval is right when the
+candidate's word is the query's. All layer pairs are scored at one (k, p); the (k, p) table is
+swept at the best pair only, which costs one pair's retrievals instead of every pair's.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
-from wordspace.errors import WordspaceError
-from wordspace.metrics.asif import STUDY_GRID, asif_grid, asif_sweep
+from wordspace.metrics.asif import STUDY_GRID
+from wordspace.metrics.asif_protocols import asif_study_protocol, split_queries
 from wordspace.pipeline.analyses.common import (
     layer_ticks,
     load_model,
@@ -31,60 +32,37 @@ from wordspace.storage.analyses import write_analysis
 NAME = "asif"
 
 
-def split_anchors_queries(
-    valid: np.ndarray, query_share: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted word indices of the anchors and of the held-out queries among the valid words."""
-    if not 0 < query_share < 1:
-        raise WordspaceError(f"query_share: must lie strictly between 0 and 1, got {query_share}")
-    indices = np.flatnonzero(valid)
-    if len(indices) < 2:
-        raise WordspaceError("ASIF needs at least 2 words valid in both models")
-    shuffled = np.random.default_rng(seed).permutation(indices)
-    n_queries = min(len(indices) - 1, max(1, round(query_share * len(indices))))
-    return np.sort(shuffled[n_queries:]), np.sort(shuffled[:n_queries])
-
-
-def retrieval_hits(retrieved: np.ndarray, query_text: np.ndarray) -> np.ndarray:
-    """(..., query, rank) bool: the candidate retrieved there is the query's own word.
-
-    Candidates are the queries themselves in the other model, so `retrieved` indexes `query_text`.
-    """
-    words = query_text[np.clip(retrieved, 0, None)]
-    return (retrieved >= 0) & (words == query_text[:, None])
-
-
 def _with_layer(x: xr.DataArray) -> xr.DataArray:
     return x if "layer" in x.dims else x.expand_dims("layer")
+
+
+def _usable_k(k: int, a: xr.DataArray, b: xr.DataArray, query_share: float, seed: int) -> int:
+    """`k`, lowered to the number of anchors without NaN when there are fewer."""
+    _, anchors = split_queries(a.sizes["word"], query_share, seed)
+    return max(1, min(k, int(valid_words(a, b)[anchors].sum())))
 
 
 def layer_pair_hits(
     a: xr.DataArray,
     b: xr.DataArray,
-    text: np.ndarray,
+    text: Any,
     *,
     k: int,
     p: float,
     query_share: float,
     seed: int,
-    top: int = 5,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Hits (layer_a, layer_b, query, rank), anchors, queries and the k used (at most #anchors)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hits (layer_a, layer_b, query, rank) of the usable queries at (k, p), and their word
+    indices. `a`, `b`: (layer, word, dim) or (word, dim) over the same words."""
     a, b = _with_layer(a), _with_layer(b)
-    anchors, queries = split_anchors_queries(valid_words(a, b), query_share, seed)
-    k = min(k, len(anchors))
-    grid = asif_grid(
-        a,
-        b,
-        anchors=anchors,
-        queries=queries,
-        candidates=queries,
-        ks=(k,),
-        ps=(p,),
-        top=min(top, len(queries)),
+    k = _usable_k(k, a, b, query_share, seed)
+    grid = asif_study_protocol(
+        a, b, texts(text), ks=(k,), ps=(p,), only=None, query_fraction=query_share, seed=seed
     )
-    hits = retrieval_hits(grid["retrieved"].values[:, :, 0, 0], text[queries])
-    return hits, anchors, queries, k
+    retrieved = texts(grid["retrieved_words"].values)
+    usable = (retrieved != "").all(axis=(0, 1, 3))
+    hits = retrieved == texts(grid["query_text"].values)[:, None]
+    return hits[:, :, usable], grid["query_word"].values[usable]
 
 
 def asif_maps(
@@ -97,52 +75,38 @@ def asif_maps(
     sweep: Sequence[tuple[int, float]] = STUDY_GRID,
     query_share: float = 0.15,
     seed: int = 0,
-    top: int = 5,
 ) -> xr.Dataset:
     """Top-1/top-5 accuracy of every layer pair at (k, p), the (k, p) table at the best pair,
-    and the words retrieved there (for the error analysis).
+    and the words retrieved there at its best cell (for the error analysis).
 
     `a`, `b`: (layer, word, dim) over the same words; `text`: each word's text.
     """
     a, b = _with_layer(a), _with_layer(b)
-    text = texts(text)
-    hits, anchors, queries, k = layer_pair_hits(
-        a, b, text, k=k, p=p, query_share=query_share, seed=seed, top=top
-    )
-    top1, top5 = hits[..., 0].mean(axis=-1), hits.any(axis=-1).mean(axis=-1)
+    words = texts(text)
+    k = _usable_k(k, a, b, query_share, seed)
+    options = {"query_fraction": query_share, "seed": seed}
+    grid = asif_study_protocol(a, b, words, ks=(k,), ps=(p,), only=None, **options)
+    top1, top5 = grid["top1"].values[:, :, 0, 0], grid["top5"].values[:, :, 0, 0]
     best_a, best_b = np.unravel_index(np.lexsort((top5.ravel(), top1.ravel()))[-1], top1.shape)
-    cells = [(int(cell_k), float(cell_p)) for cell_k, cell_p in sweep if cell_k <= len(anchors)]
-    if (k, float(p)) not in cells:
-        cells.append((k, float(p)))
+    cells = sorted({(int(c_k), float(c_p)) for c_k, c_p in sweep if c_k <= k} | {(k, float(p))})
     ks, ps = sorted({c[0] for c in cells}), sorted({c[1] for c in cells})
-    swept = asif_sweep(
-        a[best_a].values[anchors],
-        b[best_b].values[anchors],
-        a[best_a].values[queries],
-        b[best_b].values[queries],
-        ks=ks,
-        ps=ps,
-        only=cells,
-        top=min(top, len(queries)),
-    )["retrieved"].values
-    sweep_hits = retrieval_hits(swept, text[queries])
-    in_sweep = np.zeros((len(ks), len(ps)), bool)
-    for cell_k, cell_p in cells:
-        in_sweep[ks.index(cell_k), ps.index(cell_p)] = True
-    sweep_top1 = np.where(in_sweep, sweep_hits[..., 0].mean(-1), np.nan)
-    sweep_top5 = np.where(in_sweep, sweep_hits.any(-1).mean(-1), np.nan)
-    best_k, best_p = np.unravel_index(np.nanargmax(sweep_top1 + 1e-9 * sweep_top5), in_sweep.shape)
-    query_text = text[queries]
+    table = asif_study_protocol(
+        a.isel(layer=[best_a]), b.isel(layer=[best_b]), words, ks=ks, ps=ps, only=cells, **options
+    ).isel(layer_a=0, layer_b=0)
+    _, anchors = split_queries(a.sizes["word"], query_share, seed)
     return xr.Dataset(
         {
             "top1": (("layer_a", "layer_b"), top1),
             "top5": (("layer_a", "layer_b"), top5),
-            "sweep_top1": (("k", "p"), sweep_top1),
-            "sweep_top5": (("k", "p"), sweep_top5),
-            "query_word": (("query",), query_text.astype(str)),
-            "query_index": (("query",), queries),
-            "retrieved_word": (("query", "rank"), query_text[swept[best_k, best_p]].astype(str)),
-            "anchor_word": (("anchor",), text[anchors].astype(str)),
+            "sweep_top1": (("k", "p"), table["top1"].values),
+            "sweep_top5": (("k", "p"), table["top5"].values),
+            "query_word": (("query",), texts(table["query_text"].values).astype(str)),
+            "query_index": (("query",), table["query_word"].values),
+            "retrieved_word": (
+                ("query", "rank"),
+                texts(table["retrieved_words"].values).astype(str),
+            ),
+            "anchor_word": (("anchor",), words[anchors].astype(str)),
         },
         coords={
             "layer_a": [str(v) for v in a["layer"].values],
@@ -157,12 +121,13 @@ def asif_maps(
             "p": float(p),
             "best_layer_a": str(a["layer"].values[best_a]),
             "best_layer_b": str(b["layer"].values[best_b]),
-            "best_k": int(ks[best_k]),
-            "best_p": float(ps[best_p]),
+            "best_k": int(table["best_k"]),
+            "best_p": float(table["best_p"]),
             "query_share": query_share,
             "seed": seed,
-            "n_anchors": len(anchors),
-            "n_queries": len(queries),
+            "n_anchors": int(grid.attrs["n_anchors"]),
+            "n_queries": int(grid.attrs["n_queries"]),
+            "n_unanswerable": int(grid.attrs.get("n_unanswerable", 0)),
         },
     )
 

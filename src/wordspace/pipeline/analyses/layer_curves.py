@@ -1,7 +1,7 @@
 """Layer curves (study figs. 4.2, 4.5, 4.6): every layer of model A against one layer of model B.
 
-CKA, debiased CKA and CCA come from `similarity_grid`, ASIF from the held-out retrieval protocol
-of `asif_maps`. Confidence bands come from a bootstrap over speakers (utterances when there are
+CKA, debiased CKA and CCA come from `similarity_grid`, ASIF from the study's retrieval protocol
+(see `asif_maps`). Confidence bands come from a bootstrap over speakers (utterances when there are
 fewer than ten speakers): the CKA/CCA grid is recomputed on each resample of groups, and the ASIF
 accuracy is re-averaged over the resampled groups' queries.
 """
@@ -28,7 +28,6 @@ from wordspace.pipeline.analyses.common import (
     resampling_groups,
     save_figure,
     select_layer,
-    texts,
     valid_words,
 )
 from wordspace.storage.analyses import write_analysis
@@ -79,8 +78,8 @@ def layer_curves(
     if "asif" in metrics:
         if text is None:
             raise WordspaceError("metrics asif: pass the words' text so hits can be scored")
-        hits, _, queries, _ = layer_pair_hits(
-            a, b, texts(text), k=asif_k, p=asif_p, query_share=query_share, seed=seed, top=1
+        hits, queries = layer_pair_hits(
+            a, b, text, k=asif_k, p=asif_p, query_share=query_share, seed=seed
         )
         top1 = hits[:, 0, :, 0].astype(float)
         curves["asif"] = top1.mean(axis=1)

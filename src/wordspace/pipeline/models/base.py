@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 
 Modality = Literal["audio", "text", "static"]
+BOUNDARY_TOLERANCE = 1e-6  # in frames
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,9 @@ class FrameGeometry:
         # Cell i is [first_centre + (i - 1/2)·hop, first_centre + (i + 1/2)·hop).
         position_start = (np.asarray(starts, dtype=np.float64) - first_centre) / hop_seconds + 0.5
         position_end = (np.asarray(ends, dtype=np.float64) - first_centre) / hop_seconds + 0.5
-        first = np.floor(position_start).astype(np.int64)
-        stop = np.ceil(position_end).astype(np.int64)
+        # A boundary that falls on a cell edge up to float rounding belongs to the later cell.
+        first = np.floor(position_start + BOUNDARY_TOLERANCE).astype(np.int64)
+        stop = np.ceil(position_end - BOUNDARY_TOLERANCE).astype(np.int64)
         first = np.clip(first, 0, n_frames)
         stop = np.clip(stop, 0, n_frames)
         empty = stop <= first

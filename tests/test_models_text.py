@@ -242,3 +242,22 @@ def test_minilm_extracts_into_the_store_as_embedded_directly(small_corpus, tmp_p
     for first, stop in ((0, 6), (6, 9)):  # the first two utterances of the fixture corpus
         [direct] = adapter.embed([utterance(texts[first:stop])])
         np.testing.assert_allclose(embedding.values[:, first:stop], direct, atol=1e-5)
+
+
+def test_model_ids_resolve_from_the_local_hugging_face_cache(
+    tiny_bert_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = tmp_path / "hub" / "models--google-bert--bert-base-uncased"
+    snapshot = repo / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    for file in tiny_bert_folder.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    adapter = build_model("bert-base-uncased")
+    assert adapter.folder == snapshot and len(adapter.layer_names) == 4
+    assert build_model("hf:google-bert/bert-base-uncased").folder == snapshot
+    with pytest.raises(WordspaceError, match="huggingface-cli download nobody/nothing"):
+        build_model("hf:nobody/nothing")

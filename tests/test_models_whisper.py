@@ -11,11 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from distributed import Client, LocalCluster
 from tokenizers import Tokenizer
 from transformers import BertConfig, BertModel, WhisperConfig, WhisperForConditionalGeneration
 
+from wordspace import open_store
 from wordspace.errors import WordspaceError
 from wordspace.pipeline.audio import load_audio
+from wordspace.pipeline.extract import extract_model
+from wordspace.pipeline.index import index_corpus
 from wordspace.pipeline.models import whisper
 from wordspace.pipeline.models.base import Utterance
 from wordspace.pipeline.models.ctranslate2_format import read_index, read_tensor
@@ -37,8 +41,9 @@ SAMPLE_RATE = 16_000
 
 
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
+def private_cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("WORDSPACE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 def _tiny_config() -> WhisperConfig:
@@ -106,17 +111,17 @@ def test_reader_on_tiny_en_model_bin():
     assert (config.encoder_ffn_dim, config.vocab_size, config.num_mel_bins) == (1536, 51864, 80)
 
 
-def test_reader_on_base_parts_and_their_join():
+def test_reader_on_base_parts_and_their_join(private_cache):
     adapter = build_model("whisper-base")
     parts_index = read_index(adapter.parts)
     assert len(parts_index.variables) == 214
     assert parts_index.scalar("encoder/num_heads") == 8
     assert parts_index.variable("encoder/conv1/weight").shape == (512, 80, 3)
     assert parts_index.variable("decoder/embeddings/weight").shape == (51865, 512)
-    # Describing the model must not join the parts; loading does, once.
-    assert not Path(adapter.checkpoint_path).exists()
-    joined = adapter.joined_checkpoint()
-    assert joined == Path(adapter.checkpoint_path)
+    # Describing the model must not join the parts; asking for its file does, once.
+    assert not private_cache.exists()
+    joined = Path(adapter.checkpoint_path)
+    assert joined.parent.parent == private_cache
     assert joined.stat().st_size == sum(part.stat().st_size for part in adapter.parts)
     assert read_index(joined).variables == parts_index.variables
     name = "encoder/layer_5/ffn/linear_1/bias"  # stored in the second part
@@ -418,3 +423,60 @@ def test_base_transcribes_librivox_exactly():
         waveform, reference = _librivox(utterance)
         hypothesis = _greedy_transcript(model, tokenizer, waveform, prompt)
         assert _words(hypothesis) == _words(reference), hypothesis
+
+
+# --- through the extraction engine ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def librivox_store(tmp_path_factory) -> str:
+    """A store of the demo corpus's five LibriVox utterances (real speech, aligned)."""
+    demo = LIBRIVOX.parents[2]
+    if not (LIBRIVOX / "9100-1.trans.txt").is_file():
+        pytest.skip(f"{LIBRIVOX} is not in the demo corpus yet (data/demo/make_demo_corpus.py)")
+    root = tmp_path_factory.mktemp("librivox")
+    shutil.copytree(LIBRIVOX.parent, root / "corpus" / "9100")
+    shutil.copytree(demo / "alignments" / "9100", root / "alignments" / "9100")
+    url = str(root / "store.zarr")
+    index_corpus(root / "corpus", root / "alignments", url)
+    return url
+
+
+def _extract_and_check(url: str, model: str) -> None:
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        summary = extract_model(url, model, client=client, progress=False)
+    assert summary.missing_words == 0
+    embedding = open_store(url).embedding(model)
+    adapter = build_model(model)
+    assert embedding.sizes["layer"] == len(adapter.layer_names)
+    assert embedding.sizes["dim"] == adapter.dim
+    assert embedding.attrs["frame_rate"] == 50 and embedding.attrs["checkpoint_sha256"]
+    # The stored vectors of the first utterance are the adapter's own pooling of its frames.
+    words = open_store(url).words
+    first = words.utterance.values == words.utterance.values[0]
+    waveform, _ = load_audio(LIBRIVOX / f"{words.utterance.values[0]}.flac", SAMPLE_RATE)
+    utterance = Utterance(
+        "u",
+        list(words.text.values[first]),
+        words.start.values[first],
+        words.end.values[first],
+        "",
+        waveform,
+    )
+    adapter.load()
+    (expected,) = adapter.embed([utterance])
+    np.testing.assert_allclose(embedding.values[:, first], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_tiny_en_extracts_through_the_engine(librivox_store):
+    _extract_and_check(librivox_store, "whisper-tiny.en")
+
+
+@pytest.mark.slow
+def test_base_extracts_through_the_engine(librivox_store):
+    _extract_and_check(librivox_store, "whisper-base")

@@ -309,26 +309,30 @@ class CTranslate2WhisperAdapter(WhisperEncoderAdapter):
         self.parts = tuple(parts)
         index = read_index(self.parts)
         super().__init__(name, whisper_config_from_ctranslate2(index), source)
-        if len(self.parts) == 1:
-            self.checkpoint_path = str(self.parts[0])
-        else:
-            # The joined file is written by load(); describing the model reads the parts.
-            self.checkpoint_path = str(cache_root() / joined_name / "model.bin")
+        single = len(self.parts) == 1
+        self._joined = self.parts[0] if single else cache_root() / joined_name / "model.bin"
+
+    @property  # type: ignore[override]
+    def checkpoint_path(self) -> str:
+        """The one `model.bin` (provenance hashes it); parts are joined on first access."""
+        return str(self.joined_checkpoint())
 
     def joined_checkpoint(self) -> Path:
-        """The single `model.bin`, joining the parts into the cache once (atomically)."""
-        target = Path(self.checkpoint_path or "")
-        if len(self.parts) == 1:
-            return target
+        """The single `model.bin`, joining the parts into the cache once (atomically).
 
-        def join(folder: Path) -> None:
-            with open(folder / target.name, "wb") as joined:
-                for part in self.parts:
-                    with open(part, "rb") as piece:
-                        shutil.copyfileobj(piece, joined, length=16 << 20)
+        Describing the model reads only the parts' variable table; the 145 MB join waits until
+        the weights or their file are needed.
+        """
+        if len(self.parts) > 1 and not self._joined.is_file():
 
-        build_once(target.parent, join)
-        return target
+            def join(folder: Path) -> None:
+                with open(folder / self._joined.name, "wb") as joined:
+                    for part in self.parts:
+                        with open(part, "rb") as piece:
+                            shutil.copyfileobj(piece, joined, length=16 << 20)
+
+            build_once(self._joined.parent, join)
+        return self._joined
 
     def load_encoder(self) -> WhisperEncoder:
         return whisper_encoder_from_ctranslate2(read_index(self.joined_checkpoint()))

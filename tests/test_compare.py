@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import PHONES, build_corpus
 
 from wordspace import open_store
 from wordspace.cli import main
@@ -107,3 +108,31 @@ def test_parse_metrics():
     assert parse_metrics("cka, cca") == ["cka", "cca"]
     with pytest.raises(WordspaceError):
         parse_metrics("")
+
+
+def test_asif_compare_stores_accuracies_and_retrieved_words(tmp_path, capsys):
+    words = list(PHONES)
+    rng = np.random.default_rng(3)
+    utterances = [("1001", "10", f"{i:04d}", list(rng.choice(words, size=6))) for i in range(40)]
+    corpus = build_corpus(tmp_path / "big", utterances=utterances)
+    url = str(tmp_path / "big.zarr")
+    index_corpus(corpus.corpus, corpus.alignments, url)
+    texts = open_store(url).words.text.values
+    types = {word: rng.standard_normal(8) for word in words}
+    text_space = np.stack([types[t] + 0.05 * rng.standard_normal(8) for t in texts])
+    rotation, _ = np.linalg.qr(rng.standard_normal((8, 8)))
+    audio = np.stack([rng.standard_normal(text_space.shape), text_space @ rotation])
+    write_model(url, "audio", audio.astype(np.float32))
+    write_model(url, "text", text_space[None].astype(np.float32))
+    argv = ["compare", url, "--a", "audio", "--b", "text", "--metrics", "cka,asif",
+            "--k", "20,50", "--p", "1,4", "--workers", "1"]  # fmt: skip
+    assert main(argv) == 0
+    stored = open_store(url).comparison("audio", "text")
+    assert stored.asif_top1.dims == ("layer_a", "layer_b", "k", "p")
+    assert float(stored.asif_top1.sel(layer_a="audio.1").max()) == pytest.approx(1.0)
+    assert float(stored.asif_top1.sel(layer_a="audio.0").max()) < 0.6
+    assert stored.asif_retrieved_words.dims == ("layer_a", "layer_b", "query", "rank")
+    assert "cka" in stored and "asif_top1" in capsys.readouterr().out
+    assert main(["compare", url, "--a", "audio", "--b", "text", "--metrics", "asif",
+                 "--k", "5000"]) == 2  # fmt: skip
+    assert "anchor words are available" in capsys.readouterr().err

@@ -80,9 +80,18 @@ def _compare(args: argparse.Namespace) -> None:
         results = compare_models(args.store, args.a, args.b, metrics, **options)
     print(f"{args.a} vs {args.b}: {results.attrs.get('n_words', '?')} words")
     for name in results.data_vars:
-        if results[name].dims == ("layer_a", "layer_b"):
-            for line in format_grid(results[name], f"{name} (rows: {args.a}, columns: {args.b})"):
+        grid = results[name]
+        if name in ("asif_top1", "asif_top5"):
+            grid = grid.max(("k", "p"))
+            name = f"{name} (best over k, p)"
+        if grid.dims == ("layer_a", "layer_b"):
+            for line in format_grid(grid, f"{name} (rows: {args.a}, columns: {args.b})"):
                 print(line)
+    if "asif_top1" in results:
+        print(
+            f"ASIF best (k, p) overall: ({results.attrs['asif_best_k_overall']}, "
+            f"{results.attrs['asif_best_p_overall']:g})"
+        )
     print(f"stored in {args.store} at comparisons/{args.a}__{args.b}")
 
 

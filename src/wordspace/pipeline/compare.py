@@ -9,6 +9,8 @@ import xarray as xr
 
 from wordspace.errors import WordspaceError
 from wordspace.metrics import similarity_grid
+from wordspace.pipeline.retrieval import asif_comparison
+from wordspace.pipeline.selection import sample_words, select_layers
 from wordspace.storage import store
 
 GLOBAL_METRICS = ("cka", "cka_debiased", "cca")
@@ -25,34 +27,6 @@ def parse_metrics(text: str) -> list[str]:
             f"choose from {','.join(ALL_METRICS)}"
         )
     return metrics
-
-
-def select_layers(embedding: xr.DataArray, layers: str | None, option: str) -> xr.DataArray:
-    """The layers named or numbered in `layers` ("0,6,12" or layer names); all when None."""
-    if not layers:
-        return embedding
-    names = [str(name) for name in embedding["layer"].values]
-    chosen = []
-    for part in (item.strip() for item in layers.split(",")):
-        if part in names:
-            chosen.append(names.index(part))
-        elif part.lstrip("-").isdigit() and -len(names) <= int(part) < len(names):
-            chosen.append(int(part) % len(names))
-        else:
-            raise WordspaceError(
-                f"{option} {layers}: no layer {part!r} in {embedding.name} "
-                f"(layers 0 to {len(names) - 1}: {', '.join(names)})"
-            )
-    return embedding.isel(layer=chosen)
-
-
-def sample_words(n_words: int, sample: int | None, seed: int) -> np.ndarray | None:
-    """Sorted random word indices (so chunks are read in order), or None for all words."""
-    if sample is None or sample >= n_words:
-        return None
-    if sample < 4:
-        raise WordspaceError(f"--sample {sample}: need at least 4 words")
-    return np.sort(np.random.default_rng(seed).choice(n_words, size=sample, replace=False))
 
 
 def global_similarities(
@@ -97,14 +71,14 @@ def compare_models(
     """Compute the requested metrics and merge them into `/comparisons/<a>__<b>`."""
     results = []
     global_metrics = [metric for metric in metrics if metric in GLOBAL_METRICS]
-    asif_options = {
-        key: options.pop(key) for key in ("ks", "ps", "protocol", "query_share") if key in options
-    }
+    asif_only = ("ks", "ps", "protocol", "query_share")
+    asif_options = {key: options.pop(key) for key in asif_only if key in options}
+    ridge = options.pop("ridge", 0.0)
     if global_metrics:
-        results.append(global_similarities(store_url, model_a, model_b, global_metrics, **options))
+        results.append(
+            global_similarities(store_url, model_a, model_b, global_metrics, ridge=ridge, **options)
+        )
     if "asif" in metrics:
-        from wordspace.pipeline.retrieval import asif_comparison
-
         results.append(asif_comparison(store_url, model_a, model_b, **options, **asif_options))
     merged = xr.merge(results, compat="override", combine_attrs="drop_conflicts")
     return store.write_comparison(store_url, model_a, model_b, merged)

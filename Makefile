@@ -32,8 +32,10 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not installed and cannot be installed here: the report browser test will be skipped"; fi; }
 
+# Every step reuses what the store already holds, so a second run only reports.
 demo: $(VENV)/.installed-models
 	$(BIN)/wordspace index data/demo/corpus --alignments data/demo/alignments --store $(DEMO_OUT)/demo.zarr
+	$(BIN)/wordspace study $(DEMO_OUT)/demo.zarr --out $(DEMO_OUT)/report $(if $(MODELS),--models $(MODELS))
 
 test: $(VENV)/.installed-test browser
 	$(BIN)/ruff check src tests benchmarks

@@ -97,13 +97,17 @@ def _compare(args: argparse.Namespace) -> None:
 
 def _study(args: argparse.Namespace) -> None:
     from wordspace.cluster import dask_client
-    from wordspace.pipeline.study import headline_table, run_study, study_pairs
+    from wordspace.pipeline.analyses import run_study as run_analyses
+    from wordspace.pipeline.report import format_headlines, headlines, write_report
+    from wordspace.pipeline.study import extract_and_compare, study_pairs
 
     plan = study_pairs([model.strip() for model in args.models.split(",") if model.strip()])
     with dask_client(args.scheduler, workers=args.workers) as client:
-        run_study(args.store, plan, client, seed=args.seed)
-    for line in headline_table(args.store, plan):
-        print(line)
+        extract_and_compare(args.store, plan, client, seed=args.seed)
+        run_analyses(args.store, n_boot=args.n_boot)
+    page = write_report(args.store, args.out)
+    print(format_headlines(headlines(args.store)))
+    print(f"report: {page}")
 
 
 def _integers(text: str, option: str) -> tuple[int, ...]:
@@ -264,6 +268,10 @@ def _study_arguments(parser: argparse.ArgumentParser) -> None:
         "--models", default=DEMO_MODELS, help=f"comma-separated models (default: {DEMO_MODELS})"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the ASIF query split")
+    parser.add_argument("--out", required=True, help="folder for the HTML report and figures")
+    parser.add_argument(
+        "--n-boot", type=int, default=50, help="bootstrap resamples of the layer curves"
+    )
     _cluster_arguments(parser)
 
 
@@ -280,7 +288,7 @@ COMMANDS: list[Command] = [
     ("compare", "compare two extracted models layer by layer", _compare_arguments, _compare),
     (
         "study",
-        "extract every model and compare the study's pairs (audio × text, each model × itself)",
+        "the whole study: extract, compare the study's pairs, analyse, write the report",
         _study_arguments,
         _study,
     ),

@@ -1,4 +1,4 @@
-"""The whole study on one store: extract every model, compare the study's pairs, summarise.
+"""The study's first two stages on one store: extract every model, compare the study's pairs.
 
 Each step is skipped when the store already holds its result, so a second run only reports.
 """
@@ -8,8 +8,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-import xarray as xr
 from distributed import Client
 
 from wordspace.pipeline.compare import compare_models
@@ -45,7 +43,7 @@ def _comparison_done(store_url: str, a: str, b: str, metrics: Sequence[str]) -> 
     return all(needed.get(metric, metric) in existing.data_vars for metric in metrics)
 
 
-def run_study(
+def extract_and_compare(
     store_url: str,
     plan: StudyPlan,
     client: Client,
@@ -77,35 +75,3 @@ def run_study(
             log.append(f"compare {a} × {b}: {', '.join(pair_metrics)}")
         print(log[-1], flush=True)
     return log
-
-
-def headline_table(store_url: str, plan: StudyPlan) -> list[str]:
-    """Best layer pair and its value, per compared pair and metric."""
-    lines = [f"{'model a':<16} {'model b':<16} {'metric':<13} {'best layers':<28} value"]
-    for a, b in plan.pairs:
-        results = store.read_comparison(store_url, a, b)
-        if results is None:
-            continue
-        for name, grid in results.data_vars.items():
-            best = _best_cell(grid, same_model=a == b)
-            if best is None:
-                continue
-            layers, value = best
-            lines.append(f"{a:<16} {b:<16} {name:<13} {layers:<28} {value:.3f}")
-    return lines
-
-
-def _best_cell(grid: xr.DataArray, same_model: bool) -> tuple[str, float] | None:
-    if "layer_a" not in grid.dims or "layer_b" not in grid.dims:
-        return None
-    reduced = grid.max([dim for dim in grid.dims if dim not in ("layer_a", "layer_b")])
-    values = reduced.transpose("layer_a", "layer_b").values.astype(np.float64)
-    if same_model and values.shape[0] == values.shape[1]:
-        # A layer with itself is trivially 1: the interesting maximum is off the diagonal.
-        values = values.copy()
-        np.fill_diagonal(values, np.nan)
-    if np.all(np.isnan(values)):
-        return None
-    row, column = np.unravel_index(np.nanargmax(values), values.shape)
-    layers = f"{reduced.layer_a.values[row]} × {reduced.layer_b.values[column]}"
-    return layers, float(values[row, column])

@@ -9,6 +9,7 @@ has the most context on both sides (an edge of the utterance counts as full cont
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +176,7 @@ class TransformerTextModel(ModelAdapter):
             [list(utterance.words) for utterance in utterances],
             is_split_into_words=True,
             add_special_tokens=False,
+            verbose=False,  # long utterances are windowed below, not truncated
         )
         windows: list[_Window] = []
         token_words = []
@@ -226,16 +228,25 @@ class TransformerTextModel(ModelAdapter):
             attention_mask=attention.to(self._device),
             output_hidden_states=True,
         )
-        rows = torch.as_tensor(
-            np.concatenate([np.full(len(w.positions), r) for r, w in enumerate(windows)]),
-            device=self._device,
+        # Pooling as one sparse (words × batch positions) product per layer: no gather, no
+        # scatter, and it runs where the model runs.
+        flat_positions = np.concatenate(
+            [row * length + len(self._prefix) + w.positions for row, w in enumerate(windows)]
         )
-        columns = torch.as_tensor(
-            np.concatenate([w.positions for w in windows]) + len(self._prefix), device=self._device
-        )
-        words = torch.as_tensor(np.concatenate([w.words for w in windows]), device=self._device)
-        for layer, hidden in enumerate(output.hidden_states):
-            sums[layer].index_add_(0, words, hidden[rows, columns].float())
+        words = np.concatenate([w.words for w in windows])
+        with warnings.catch_warnings():  # torch calls its sparse CSR support "beta"
+            warnings.simplefilter("ignore", UserWarning)
+            pooling = (
+                torch.sparse_coo_tensor(
+                    torch.as_tensor(np.stack([words, flat_positions])),
+                    torch.ones(len(words)),
+                    (sums.shape[1], len(windows) * length),
+                )
+                .to_sparse_csr()
+                .to(self._device)
+            )
+            for layer, hidden in enumerate(output.hidden_states):
+                sums[layer] += pooling @ hidden.reshape(-1, self.dim).float()
 
 
 def _take_batch(order: list[int], windows: list[_Window], n_special: int) -> list[int]:

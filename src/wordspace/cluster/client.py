@@ -1,13 +1,23 @@
-"""Where the work runs: an existing Dask scheduler, or a local cluster sized to this machine."""
+"""Where the work runs: an existing Dask scheduler, or a local cluster sized to this machine.
+
+The scheduler comes from, in order: an explicit address, a scheduler file, Dask's configuration
+(``scheduler-address`` in a Dask YAML file or ``DASK_SCHEDULER_ADDRESS``). Without one, a local
+cluster of worker processes starts, each with a memory limit, and lives as long as the block.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import dask
-from distributed import Client, LocalCluster
+from dask.utils import format_bytes, parse_bytes
+from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
+from distributed.system import MEMORY_LIMIT
+
+from wordspace.errors import WordspaceError
 
 
 def scheduler_address(scheduler: str | None = None) -> str | None:
@@ -19,6 +29,56 @@ def scheduler_address(scheduler: str | None = None) -> str | None:
     )
 
 
+def worker_memory_limit(memory_limit: str | None, n_workers: int) -> int:
+    """Bytes per worker: `memory_limit` ("4GB", "4 GiB", bytes), else this machine's share."""
+    if memory_limit is None:
+        return MEMORY_LIMIT // max(1, n_workers)
+    try:
+        limit = parse_bytes(memory_limit)
+    except (ValueError, TypeError):
+        raise WordspaceError(
+            f"--memory-limit {memory_limit!r}: give a size per worker such as 4GB or 2GiB"
+        ) from None
+    if limit <= 0:
+        raise WordspaceError(f"--memory-limit {memory_limit!r}: must be more than 0 bytes")
+    return limit
+
+
+def _connect(address: str | None, scheduler_file: str | None) -> Client:
+    if scheduler_file and not Path(scheduler_file).is_file():
+        raise WordspaceError(
+            f"--scheduler-file {scheduler_file}: no such file; start the scheduler with "
+            f"`dask scheduler --scheduler-file {scheduler_file}` first"
+        )
+    try:
+        if scheduler_file:
+            return Client(scheduler_file=scheduler_file)
+        return Client(address)
+    except (OSError, TimeoutError) as error:
+        raise WordspaceError(
+            f"--scheduler {address or scheduler_file}: cannot reach the Dask scheduler ({error}); "
+            "check the address, or leave --scheduler out to use a local cluster"
+        ) from None
+
+
+def _gpu_cluster(devices: Sequence[str], threads_per_worker: int, memory_limit: int) -> SpecCluster:
+    """One worker process per GPU, each seeing only its own device (as ``cuda:0``)."""
+    workers = {
+        f"gpu-{device}": {
+            "cls": Nanny,
+            "options": {
+                "nthreads": threads_per_worker,
+                "memory_limit": memory_limit,
+                "env": {"CUDA_VISIBLE_DEVICES": str(device)},
+                "resources": {"GPU": 1},
+            },
+        }
+        for device in devices
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    return SpecCluster(workers=workers, scheduler=scheduler)
+
+
 @contextmanager
 def dask_client(
     scheduler: str | None = None,
@@ -27,32 +87,50 @@ def dask_client(
     workers: int | None = None,
     threads_per_worker: int = 1,
     memory_limit: str | None = None,
+    gpus: Sequence[str] | None = None,
     quiet: bool = False,
 ) -> Iterator[Client]:
-    """A client of the given scheduler, or of a local cluster that lives as long as the block."""
+    """A client of the given scheduler, or of a local cluster that lives as long as the block.
+
+    `gpus` (device ids, see `visible_gpus`) starts one local worker per GPU pinned with
+    ``CUDA_VISIBLE_DEVICES``; with an existing scheduler the workers are whatever it has.
+    """
     address = scheduler_address(scheduler)
     if scheduler_file or address:
-        client = (
-            Client(address, scheduler_file=scheduler_file)
-            if not scheduler_file
-            else Client(scheduler_file=scheduler_file)
-        )
+        client = _connect(address, scheduler_file)
         try:
+            if not quiet:
+                n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
+                print(
+                    f"Dask scheduler {client.scheduler.address}: {n_workers} worker(s); "
+                    f"dashboard {client.dashboard_link}"
+                )
             yield client
         finally:
             client.close()
         return
-    n_workers = workers or max(1, (os.cpu_count() or 1) // threads_per_worker)
-    with (
-        LocalCluster(
+    if gpus is not None and not gpus:
+        raise WordspaceError("--gpu: no NVIDIA GPU visible here; leave --gpu out to use the CPU")
+    n_workers = (
+        len(gpus) if gpus else workers or max(1, (os.cpu_count() or 1) // threads_per_worker)
+    )
+    limit = worker_memory_limit(memory_limit, n_workers)
+    cluster = (
+        _gpu_cluster(gpus, threads_per_worker, limit)
+        if gpus
+        else LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
-            memory_limit=memory_limit or "auto",
+            memory_limit=limit,
             processes=True,
             dashboard_address=":0",
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+        )
+    )
+    with cluster, Client(cluster) as client:
         if not quiet:
-            print(f"local Dask cluster: {n_workers} worker(s); dashboard {client.dashboard_link}")
+            kind = f"GPU worker(s) on devices {','.join(gpus)}" if gpus else "worker(s)"
+            print(
+                f"local Dask cluster: {n_workers} {kind}, {format_bytes(limit)} memory limit "
+                f"each; dashboard {client.dashboard_link}"
+            )
         yield client

@@ -257,15 +257,21 @@ def _chunk_statistics(*blocks: Any, layout: _Layout) -> Any:
         put("gram_b", xp.stack([_self_product(y[:, j * db : (j + 1) * db]) for j in range(lb)]))
         put("cross", x.T @ y)
     if layout.debiased:
-        norms = (x.reshape(n, la, da_) ** 2).sum(axis=2)
+        norms = _row_norms(x, la)
         if not layout.same:
-            norms = xp.concatenate([norms, (y.reshape(n, lb, db) ** 2).sum(axis=2)], axis=1)
+            norms = xp.concatenate([norms, _row_norms(y, lb)], axis=1)
         put("a_norms", x.T @ norms)
         norms64 = norms.astype(np.float64)
         put("norms_norms", norms64.T @ norms64)
         if not layout.same:
             put("b_norms", y.T @ norms)
     return out
+
+
+def _row_norms(rows: Any, layers: int) -> Any:
+    """Squared norm of each row's slice per layer, ``(words, layers)``, with no temporary copy."""
+    per_layer = rows.reshape(rows.shape[0], layers, -1)
+    return array_module(rows).einsum("nld,nld->nl", per_layer, per_layer)
 
 
 def _self_product(x: Any) -> Any:

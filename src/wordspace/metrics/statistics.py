@@ -124,12 +124,12 @@ def as_layer_stack(x: Any, name: str) -> da.Array:
     if np.issubdtype(x.dtype, np.integer):
         x = x.astype(np.float64)
     if not isinstance(x, da.Array):
-        x = da.from_array(x, chunks=(-1, _word_chunk(x.shape, x.dtype.itemsize), -1), asarray=False)
+        words = _chunk_words(x.shape[0] * x.shape[2] * x.dtype.itemsize)
+        x = da.from_array(x, chunks=(-1, words, -1), asarray=False)
     return x
 
 
-def _word_chunk(shape: tuple[int, ...], itemsize: int) -> int:
-    row_bytes = shape[0] * shape[2] * itemsize
+def _chunk_words(row_bytes: int) -> int:
     return max(_MIN_CHUNK_WORDS, _TARGET_CHUNK_BYTES // max(row_bytes, 1))
 
 
@@ -160,8 +160,7 @@ def gram_statistics(a: Any, b: Any, debiased: bool = False) -> GramStatistics:
     row_bytes = stack_a.shape[0] * stack_a.shape[2] * stack_a.dtype.itemsize
     if not same:
         row_bytes += stack_b.shape[0] * stack_b.shape[2] * stack_b.dtype.itemsize
-    rows = max(_MIN_CHUNK_WORDS, _TARGET_CHUNK_BYTES // max(row_bytes, 1))
-    stack_a = _with_large_word_chunks(stack_a, rows)
+    stack_a = _with_large_word_chunks(stack_a, _chunk_words(row_bytes))
     layout = _Layout(
         shape_a=(stack_a.shape[0], stack_a.shape[2]),
         shape_b=(stack_b.shape[0], stack_b.shape[2]),

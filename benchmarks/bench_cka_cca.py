@@ -6,7 +6,8 @@ arrays, (2) ``cka_grid`` from the store, (3) ``similarity_grid`` with CKA, debia
 prints each time, GFLOP/s as a share of the single-precision matmul peak measured in this run, and
 the ratios. Scale mode (``--scale``): a 500,000-word store of 13 x 768 float16 against a 300-d
 float32 model on a 2-worker LocalCluster with memory limits; prints time per word from 50,000 to
-500,000 words and the workers' peak resident memory. ``--quick`` shrinks both for a smoke test.
+500,000 words and the workers' peak resident memory. ``--quick`` shrinks both for a smoke test;
+``--layers N`` keeps the study's words and width with N x N layers (same per-pair work).
 """
 
 import argparse
@@ -140,6 +141,7 @@ def main() -> None:
     parser.add_argument("--scale", action="store_true", help="also run the 500k-word scale mode")
     parser.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--dir", type=Path, default=None, help="where to write the Zarr stores")
+    parser.add_argument("--layers", type=int, default=13, help="layers per model in grid mode")
     parser.add_argument("--memory-limit", default="1.4GiB", help="per worker in scale mode")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
@@ -150,7 +152,7 @@ def main() -> None:
             if args.quick:
                 grid_benchmark(root / "grid", words=12_000, layers=4, dim=256)
             else:
-                grid_benchmark(root / "grid", words=46_906, layers=13, dim=768)
+                grid_benchmark(root / "grid", words=46_906, layers=args.layers, dim=768)
         if args.scale:
             sizes = [10_000, 20_000, 40_000] if args.quick else [50_000, 100_000, 200_000, 500_000]
             scale_benchmark(root / "scale", sizes, args.memory_limit)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import shutil
@@ -378,12 +379,25 @@ def _greedy_transcript(model, tokenizer: Tokenizer, waveform: np.ndarray, prompt
     start = len(ids)
     with torch.inference_mode():
         encoded = model.model.encoder(log_mel_spectrogram(windows)).last_hidden_state
+        # transformers 5 renamed the key-value cache argument `past_key_values` to `cache`.
+        name = (
+            "cache"
+            if "cache" in inspect.signature(model.model.decoder.forward).parameters
+            else "past_key_values"
+        )
+        cache, new = None, ids
         for _ in range(100):
-            logits = model(encoder_outputs=(encoded,), decoder_input_ids=torch.tensor([ids])).logits
-            token = int(logits[0, -1].argmax())
+            output = model.model.decoder(
+                input_ids=torch.tensor([new]),
+                encoder_hidden_states=encoded,
+                use_cache=True,
+                **{name: cache},
+            )
+            token = int(model.proj_out(output.last_hidden_state[0, -1]).argmax())
             if token == end:
                 break
             ids.append(token)
+            cache, new = getattr(output, name), [token]
     return tokenizer.decode(ids[start:])
 
 

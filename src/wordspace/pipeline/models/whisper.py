@@ -11,7 +11,8 @@ frame ``j`` see conv1 frames ``2j−1…2j+1``, i.e. samples ``[320·j − 520, 
 window 1040, offset −520, centred on sample ``320·j`` (20 ms). Attention mixes the whole window,
 so this is the convolutional stem's receptive field, the same convention as the other adapters.
 Only frames whose centre lies inside the signal are returned (``ceil(samples / 320)``), so the
-padding of the last window never enters a word's mean.
+padding of the last window never enters a word's mean. Every window is 30 s, so windows of any
+utterances batch together without waste (`batch_windows` per encoder call).
 
 Layers. ``layer_0`` is the convolution stem plus positional embedding, ``layer_i`` the output of
 encoder block ``i``; the last one includes the encoder's final layer norm (as transformers

@@ -129,15 +129,20 @@ def test_long_utterance_is_embedded_in_overlapping_windows(tiny_bert: Transforme
 def test_bad_folders_and_devices_are_one_line_errors(
     tiny_bert_folder: Path, tmp_path: Path
 ) -> None:
-    from transformers import BertConfig, BertModel, Wav2Vec2Config
+    from transformers import BertConfig, BertModel, GPT2Config, Wav2Vec2Config
 
     with pytest.raises(WordspaceError, match="no such folder"):
         build_model(f"hf:{tmp_path / 'absent'}")
     with pytest.raises(WordspaceError, match="not a transformers model folder"):
         build_model(f"hf:{tmp_path}")
+    decoder = tmp_path / "decoder"
+    GPT2Config().save_pretrained(decoder)
+    with pytest.raises(WordspaceError, match="not a BERT-family text encoder"):
+        build_model(f"hf:{decoder}")
+    # Speech and Whisper folders are routed to their own adapters by `model_type`.
     audio = tmp_path / "audio"
     Wav2Vec2Config().save_pretrained(audio)
-    with pytest.raises(WordspaceError, match="not a BERT-family text encoder"):
+    with pytest.raises(WordspaceError, match="holds no weights"):  # the speech adapter's check
         build_model(f"hf:{audio}")
     # The tiny BERT's config with weights of another size: caught when loading.
     other = tmp_path / "other"

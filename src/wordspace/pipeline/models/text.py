@@ -19,7 +19,7 @@ import torch
 from wordspace.errors import WordspaceError
 from wordspace.pipeline.models.base import ModelAdapter, Utterance
 from wordspace.pipeline.models.devices import torch_device, torch_dtype
-from wordspace.pipeline.models.registry import ModelEntry, register, register_path_prefix
+from wordspace.pipeline.models.registry import ModelEntry, register
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 # Sub-batches hold at most this many (padded) tokens, which bounds activation memory.
@@ -283,7 +283,6 @@ BERT_BASE_HINT = (
     " or pass a folder as hf:/path"
 )
 
-register_path_prefix("hf", hf_model)
 register(
     ModelEntry(
         name="bert-base-uncased",

@@ -42,6 +42,9 @@ class Headline:
     value: float
 
 
+HEADLINE_METRICS = ("cka", "cka_debiased", "cca", "asif_top1", "asif_top5")
+
+
 def headlines(url: str | os.PathLike) -> list[Headline]:
     """Best layer pair and value of every (layer_a, layer_b) metric of every comparison."""
     rows = []
@@ -50,9 +53,10 @@ def headlines(url: str | os.PathLike) -> list[Headline]:
         results = store.read_comparison(url, model_a, model_b)
         if results is None:
             continue
-        for metric, values in results.data_vars.items():
-            if not set(GRID_DIMS) <= set(values.dims) or values.dtype.kind != "f":
+        for metric in HEADLINE_METRICS:
+            if metric not in results:
                 continue
+            values = results[metric]
             # ASIF accuracies also vary with (k, p): the headline is the best setting's.
             values = values.max([dim for dim in values.dims if dim not in GRID_DIMS])
             values = values.transpose(*GRID_DIMS)

@@ -135,12 +135,14 @@ def run_study(
     for audio in audios:
         for text in texts:
             pair = f"{audio}__{text}"
+            # A single-layer model's curve is one point: no trend, no stability to measure.
+            if audio in layered:
+                jobs.append((layer_curves.NAME, pair, {"a": audio, "b": text, "n_boot": n_boot}))
             jobs += [
-                (layer_curves.NAME, pair, {"a": audio, "b": text, "n_boot": n_boot}),
                 (heatmaps.NAME, pair, {"a": audio, "b": text}),
                 (asif_maps.NAME, pair, {"a": audio, "b": text}),
             ]
-            if text in static:
+            if text in static and audio in layered:
                 jobs.append((stability.NAME, pair, {"a": audio, "b": text}))
     for text in texts if audios else []:
         jobs.append((retrieval_errors.NAME, text, {"b": text, "models": audios}))

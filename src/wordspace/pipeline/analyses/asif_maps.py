@@ -27,6 +27,7 @@ from wordspace.pipeline.analyses.common import (
     texts,
     valid_words,
 )
+from wordspace.storage import store
 from wordspace.storage.analyses import write_analysis
 
 NAME = "asif"
@@ -75,9 +76,13 @@ def asif_maps(
     sweep: Sequence[tuple[int, float]] = STUDY_GRID,
     query_share: float = 0.15,
     seed: int = 0,
+    layer_grid: tuple[xr.DataArray, xr.DataArray] | None = None,
 ) -> xr.Dataset:
     """Top-1/top-5 accuracy of every layer pair at (k, p), the (k, p) table at the best pair,
     and the words retrieved there at its best cell (for the error analysis).
+
+    `layer_grid`: top-1 and top-5 (layer_a, layer_b) at (k, p) when already computed (by
+    `wordspace compare` with the same split), so only the best pair's table is computed here.
 
     `a`, `b`: (layer, word, dim) over the same words; `text`: each word's text.
     """
@@ -85,8 +90,10 @@ def asif_maps(
     words = texts(text)
     k = _usable_k(k, a, b, query_share, seed)
     options = {"query_fraction": query_share, "seed": seed}
-    grid = asif_study_protocol(a, b, words, ks=(k,), ps=(p,), only=None, **options)
-    top1, top5 = grid["top1"].values[:, :, 0, 0], grid["top5"].values[:, :, 0, 0]
+    if layer_grid is None:
+        grid = asif_study_protocol(a, b, words, ks=(k,), ps=(p,), only=None, **options)
+        layer_grid = grid["top1"].isel(k=0, p=0), grid["top5"].isel(k=0, p=0)
+    top1, top5 = (accuracy.transpose("layer_a", "layer_b").values for accuracy in layer_grid)
     best_a, best_b = np.unravel_index(np.lexsort((top5.ravel(), top1.ravel()))[-1], top1.shape)
     cells = sorted({(int(c_k), float(c_p)) for c_k, c_p in sweep if c_k <= k} | {(k, float(p))})
     ks, ps = sorted({c[0] for c in cells}), sorted({c[1] for c in cells})
@@ -125,9 +132,9 @@ def asif_maps(
             "best_p": float(table["best_p"]),
             "query_share": query_share,
             "seed": seed,
-            "n_anchors": int(grid.attrs["n_anchors"]),
-            "n_queries": int(grid.attrs["n_queries"]),
-            "n_unanswerable": int(grid.attrs.get("n_unanswerable", 0)),
+            "n_anchors": int(table.attrs["n_anchors"]),
+            "n_queries": int(table.attrs["n_queries"]),
+            "n_unanswerable": int(table.attrs.get("n_unanswerable", 0)),
         },
     )
 
@@ -145,9 +152,36 @@ def run(
     """ASIF maps of models `a` (queries) and `b` (candidates) from the store, stored."""
     emb_a, emb_b = load_model(url, a), load_model(url, b)
     results = asif_maps(
-        emb_a, emb_b, emb_a["text"].values, k=k, p=p, query_share=query_share, seed=seed
-    )
+        emb_a, emb_b, emb_a["text"].values, k=k, p=p, query_share=query_share, seed=seed,
+        layer_grid=_compared_grid(url, a, b, k=k, p=p, query_share=query_share, seed=seed),
+    )  # fmt: skip
     return write_analysis(url, NAME, pair_key(a, b), results)
+
+
+def _layer_names(url: str | os.PathLike, model: str) -> list[str]:
+    return [str(name) for name in store.open_embedding(url, model)["layer"].values]
+
+
+def _compared_grid(
+    url: str | os.PathLike, a: str, b: str, *, k: int, p: float, query_share: float, seed: int
+) -> tuple[xr.DataArray, xr.DataArray] | None:
+    """The layer grid at (k, p) from `/comparisons/<a>__<b>`, if it used this very split."""
+    stored = store.read_comparison(url, a, b)
+    if stored is None or "asif_top1" not in stored:
+        return None
+    same_split = (
+        stored.attrs.get("asif_seed") == seed
+        and stored.attrs.get("asif_query_fraction") == query_share
+        and stored.attrs.get("asif_protocol") == "study"
+        and stored.attrs.get("asif_n_words") == store.open_word_table(url).sizes["word"]
+        and k in stored["k"].values
+        and p in stored["p"].values
+        and _layer_names(url, a) == [str(name) for name in stored["layer_a"].values]
+        and _layer_names(url, b) == [str(name) for name in stored["layer_b"].values]
+    )
+    if not same_split:
+        return None
+    return tuple(stored[name].sel(k=k, p=p) for name in ("asif_top1", "asif_top5"))
 
 
 def reading(results: xr.Dataset) -> str:

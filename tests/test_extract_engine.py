@@ -147,7 +147,7 @@ def test_layer_subset_and_float16(indexed, client):
     [
         ({"spec": "no-such-model"}, "unknown model 'no-such-model'; known models:"),
         ({"spec": "frame-index", "layers": "0,7"}, "layer 7 is out of range"),
-        ({"spec": "frame-index", "device": "cuda"}, "no CUDA device"),
+        ({"spec": "frame-index", "device": "cuda"}, "no CUDA GPU"),
         ({"spec": "frame-index", "dtype": "int8"}, "--dtype"),
     ],
 )
@@ -166,3 +166,26 @@ def test_store_without_word_table(tmp_path, client):
 def test_group_names():
     assert group_name("minilm-l6") == "minilm-l6"
     assert group_name("hf:/models/bert-base-uncased") == "hf-bert-base-uncased"
+
+
+def test_packing_consecutive_utterances_keeps_each_word_on_its_frames(indexed, client):
+    """Packed runs shift word times by the utterance's offset, so a model whose frames encode
+    their position within the input gives each word the frames of its own span plus the
+    frames of the utterances before it in the run."""
+    extract_model(indexed, "frame-index", client=client, progress=False)
+    alone = open_store(indexed).embedding("frame-index").values
+    extract_model(
+        indexed, "frame-index", name="packed", pack_seconds=30.0, client=client, progress=False
+    )
+    packed = open_store(indexed).embedding("packed")
+    assert packed.attrs["pack_seconds"] == 30.0
+    words = open_store(indexed).words
+    durations = dict(zip(words.utterance_id.values, words.duration.values, strict=True))
+    # Speaker 1001 chapter 10 has two utterances: the second one's frames start after the first.
+    second = np.flatnonzero(words.utterance.values == "1001-10-0001")
+    shift = round(durations["1001-10-0000"] * 16_000 / HOP)
+    np.testing.assert_allclose(packed.values[0, second, 0], alone[0, second, 0] + shift, atol=1e-4)
+    first = np.flatnonzero(words.utterance.values == "1001-10-0000")
+    np.testing.assert_array_equal(packed.values[:, first], alone[:, first])
+    with pytest.raises(WordspaceError, match="--pack-seconds"):
+        extract_model(indexed, "frame-index", name="packed", client=client, progress=False)

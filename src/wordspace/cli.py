@@ -39,6 +39,7 @@ def _extract(args: argparse.Namespace) -> None:
             dtype=args.dtype,
             batch_seconds=args.batch_seconds,
             layers=args.layers,
+            pack_seconds=args.pack_seconds,
             client=client,
         )
     for line in summary.lines():
@@ -69,6 +70,7 @@ def _compare(args: argparse.Namespace) -> None:
         "sample": args.sample,
         "seed": args.seed,
         "ridge": args.ridge,
+        "gpu": args.gpu,
     }
     if "asif" in metrics:
         options |= {
@@ -96,14 +98,20 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _study(args: argparse.Namespace) -> None:
-    from wordspace.cluster import dask_client
     from wordspace.pipeline.analyses import run_study as run_analyses
     from wordspace.pipeline.report import format_headlines, headlines, write_report
     from wordspace.pipeline.study import extract_and_compare, study_pairs
 
     plan = study_pairs([model.strip() for model in args.models.split(",") if model.strip()])
-    with dask_client(args.scheduler, workers=args.workers) as client:
-        extract_and_compare(args.store, plan, client, seed=args.seed)
+    with _cluster(args) as client:
+        extract_and_compare(
+            args.store,
+            plan,
+            client,
+            seed=args.seed,
+            pack_seconds=args.pack_seconds,
+            gpu=args.gpu,
+        )
         run_analyses(args.store, n_boot=args.n_boot)
     page = write_report(args.store, args.out)
     print(format_headlines(headlines(args.store)))
@@ -190,7 +198,18 @@ def _extract_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-seconds", type=float, default=60.0, help="audio seconds per forward batch"
     )
     parser.add_argument("--layers", help="comma-separated layer indices to keep (default: all)")
+    _packing_argument(parser)
     _cluster_arguments(parser)
+
+
+def _packing_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pack-seconds",
+        type=float,
+        default=0.0,
+        help="audio models see runs of consecutive utterances of one reading up to this long "
+        "(30 suits Whisper's 30 s windows; default 0: each utterance alone)",
+    )
 
 
 def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -268,6 +287,7 @@ def _study_arguments(parser: argparse.ArgumentParser) -> None:
         "--models", default=DEMO_MODELS, help=f"comma-separated models (default: {DEMO_MODELS})"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the ASIF query split")
+    _packing_argument(parser)
     parser.add_argument("--out", required=True, help="folder for the HTML report and figures")
     parser.add_argument(
         "--n-boot", type=int, default=50, help="bootstrap resamples of the layer curves"

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+from wordspace.cluster import on_backend
 from wordspace.errors import WordspaceError
 from wordspace.metrics import similarity_grid
 from wordspace.pipeline.retrieval import asif_comparison
@@ -40,8 +41,12 @@ def global_similarities(
     sample: int | None = None,
     seed: int = 0,
     ridge: float = 0.0,
+    gpu: bool = False,
 ) -> xr.Dataset:
-    """CKA / debiased CKA / CCA grids of two stored models from one pass over their words."""
+    """CKA / debiased CKA / CCA grids of two stored models from one pass over their words.
+
+    With `gpu`, every block is moved to cupy on the workers before the products.
+    """
     a = select_layers(store.open_embedding(store_url, model_a), layers_a, "--layers-a")
     same = model_a == model_b and layers_a == layers_b
     b = (
@@ -53,7 +58,9 @@ def global_similarities(
     if chosen is not None:
         a = a.isel(word=chosen)
         b = a if same else b.isel(word=chosen)
-    grid = similarity_grid(a.data, a.data if same else b.data, metrics=list(metrics), ridge=ridge)
+    data_a = on_backend(a.data, gpu)
+    data_b = data_a if same else on_backend(b.data, gpu)
+    grid = similarity_grid(data_a, data_b, metrics=list(metrics), ridge=ridge)
     grid = grid.assign_coords(
         layer_a=[str(name) for name in a["layer"].values],
         layer_b=[str(name) for name in b["layer"].values],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -27,6 +28,7 @@ from wordspace.cluster import dask_client
 from wordspace.errors import WordspaceError
 from wordspace.pipeline.audio import load_audio
 from wordspace.pipeline.models.base import ModelAdapter, Utterance
+from wordspace.pipeline.models.devices import torch_device
 from wordspace.pipeline.models.registry import build_model
 from wordspace.storage import store
 
@@ -40,21 +42,6 @@ def group_name(model: str) -> str:
         return model
     prefix, _, path = model.partition(":")
     return f"{prefix}-{Path(path).name}" if path else re.sub(r"[^A-Za-z0-9._-]+", "-", model)
-
-
-def check_device(device: str) -> None:
-    """Refuse a device this machine does not have, before any work starts."""
-    if device == "cpu":
-        return
-    if not device.startswith("cuda"):
-        raise WordspaceError(f"--device {device!r}: use 'cpu' or 'cuda'")
-    import torch
-
-    if not torch.cuda.is_available():
-        raise WordspaceError(
-            f"--device {device}: no CUDA device on this machine; use --device cpu or run on a "
-            "GPU worker (--scheduler ADDRESS --gpu)"
-        )
 
 
 def _checkpoint_hash(path: str | None) -> str | None:
@@ -113,6 +100,7 @@ class BlockPlan:
     n_layers: int
     dim: int
     batch_seconds: float
+    pack_seconds: float
     corpus_root: str
     utterances: list[dict[str, Any]] = field(default_factory=list)
 
@@ -127,18 +115,63 @@ def _loaded_adapter(spec: str, device: str, dtype: str) -> ModelAdapter:
     return _LOADED[key]
 
 
-def _batches(utterances: list[dict[str, Any]], batch_seconds: float) -> list[list[dict]]:
-    """Utterances of similar length together, each batch at most `batch_seconds` of audio."""
-    ordered = sorted(utterances, key=lambda utterance: utterance["duration"])
-    batches: list[list[dict]] = [[]]
+def _units(utterances: list[dict[str, Any]], pack_seconds: float) -> list[list[dict]]:
+    """Runs of consecutive utterances of one reading (speaker and chapter), each run at most
+    `pack_seconds` long; every utterance alone when `pack_seconds` is 0."""
+    units: list[list[dict]] = []
+    for utterance in utterances:
+        last = units[-1] if units else None
+        if (
+            pack_seconds > 0
+            and last is not None
+            and last[-1]["reading"] == utterance["reading"]
+            and sum(item["duration"] for item in last) + utterance["duration"] <= pack_seconds
+        ):
+            last.append(utterance)
+        else:
+            units.append([utterance])
+    return units
+
+
+def _batches(units: list[list[dict]], batch_seconds: float) -> list[list[list[dict]]]:
+    """Units of similar length together, each batch at most `batch_seconds` of audio."""
+    ordered = sorted(units, key=lambda unit: sum(item["duration"] for item in unit))
+    batches: list[list[list[dict]]] = [[]]
     total = 0.0
-    for utterance in ordered:
-        if batches[-1] and total + utterance["duration"] > batch_seconds:
+    for unit in ordered:
+        duration = sum(item["duration"] for item in unit)
+        if batches[-1] and total + duration > batch_seconds:
             batches.append([])
             total = 0.0
-        batches[-1].append(utterance)
-        total += utterance["duration"]
+        batches[-1].append(unit)
+        total += duration
     return [batch for batch in batches if batch]
+
+
+def _unit_input(unit: list[dict], adapter: ModelAdapter, corpus_root: str) -> Utterance:
+    """One model input from a run of utterances: audio concatenated, word times shifted."""
+    waveforms, starts, ends = [], [], []
+    offset = 0.0
+    for utterance in unit:
+        duration = utterance["duration"]
+        if adapter.modality == "audio":
+            assert adapter.geometry is not None
+            waveform, rate = load_audio(
+                Path(corpus_root) / utterance["audio_path"], adapter.geometry.sample_rate
+            )
+            waveforms.append(waveform)
+            duration = len(waveform) / rate
+        starts.append(utterance["starts"] + offset)
+        ends.append(utterance["ends"] + offset)
+        offset += duration
+    return Utterance(
+        id="+".join(utterance["id"] for utterance in unit),
+        words=[word for utterance in unit for word in utterance["words"]],
+        starts=np.concatenate(starts),
+        ends=np.concatenate(ends),
+        transcript=" ".join(utterance["transcript"] for utterance in unit),
+        waveform=np.concatenate(waveforms) if waveforms else None,
+    )
 
 
 def embed_block(plan: BlockPlan) -> tuple[int, int, float, int]:
@@ -147,38 +180,24 @@ def embed_block(plan: BlockPlan) -> tuple[int, int, float, int]:
     values = np.full(
         (len(plan.layers), plan.word_stop - plan.word_start, plan.dim), np.nan, dtype=np.float32
     )
-    for batch in _batches(plan.utterances, plan.batch_seconds):
-        inputs = []
-        for utterance in batch:
-            waveform = None
-            if adapter.modality == "audio":
-                assert adapter.geometry is not None
-                waveform, _ = load_audio(
-                    Path(plan.corpus_root) / utterance["audio_path"], adapter.geometry.sample_rate
-                )
-            inputs.append(
-                Utterance(
-                    id=utterance["id"],
-                    words=utterance["words"],
-                    starts=utterance["starts"],
-                    ends=utterance["ends"],
-                    transcript=utterance["transcript"],
-                    waveform=waveform,
-                )
-            )
-        for utterance, vectors in zip(batch, adapter.embed(inputs), strict=True):
-            expected = (plan.n_layers, len(utterance["words"]), plan.dim)
+    pack_seconds = plan.pack_seconds if adapter.modality == "audio" else 0.0
+    for batch in _batches(_units(plan.utterances, pack_seconds), plan.batch_seconds):
+        inputs = [_unit_input(unit, adapter, plan.corpus_root) for unit in batch]
+        for unit, unit_input, vectors in zip(batch, inputs, adapter.embed(inputs), strict=True):
+            expected = (plan.n_layers, len(unit_input.words), plan.dim)
             if vectors.shape != expected:
                 raise RuntimeError(
-                    f"{plan.spec} returned {vectors.shape} for {utterance['id']}, "
-                    f"expected {expected}"
+                    f"{plan.spec} returned {vectors.shape} for {unit_input.id}, expected {expected}"
                 )
-            first = utterance["first_word"]
-            keep_from = max(plan.word_start, first)
-            keep_to = min(plan.word_stop, first + len(utterance["words"]))
-            values[:, keep_from - plan.word_start : keep_to - plan.word_start] = vectors[
-                list(plan.layers), keep_from - first : keep_to - first
-            ]
+            row = 0
+            for utterance in unit:
+                first, count = utterance["first_word"], len(utterance["words"])
+                keep_from = max(plan.word_start, first)
+                keep_to = min(plan.word_stop, first + count)
+                values[:, keep_from - plan.word_start : keep_to - plan.word_start] = vectors[
+                    list(plan.layers), row + keep_from - first : row + keep_to - first
+                ]
+                row += count
     store.write_embedding_block(plan.store_url, plan.group, plan.block, values)
     seconds = sum(utterance["duration"] for utterance in plan.utterances)
     return plan.block, len(plan.utterances), seconds, int(np.isnan(values[0, :, 0]).sum())
@@ -235,12 +254,12 @@ def plan_blocks(
     batch_seconds: float = 60.0,
     layers: str | None = None,
     block_words: int | None = None,
+    pack_seconds: float = 0.0,
 ) -> tuple[str, list[BlockPlan], int]:
     """Create (or reopen) the model group and plan its unfinished blocks: (group, plans, words)."""
     if dtype not in ("float32", "float16"):
         raise WordspaceError(f"--dtype {dtype!r}: use float32 or float16")
     table = store.open_word_table(store_url)
-    check_device(device)
     adapter = build_model(spec)
     chosen = _parse_layers(layers, len(adapter.layer_names))
     group = name or group_name(spec)
@@ -254,12 +273,23 @@ def plan_blocks(
         dim=adapter.dim,
         dtype=dtype,
         block_words=block_words,
-        attrs={**provenance(adapter, spec, device, dtype), "layer_indices": list(chosen)},
+        attrs={
+            **provenance(adapter, spec, device, dtype),
+            "layer_indices": list(chosen),
+            "pack_seconds": pack_seconds,
+        },
     )
+    stored_packing = store.model_attrs(store_url, group).get("pack_seconds", 0.0)
+    if stored_packing != pack_seconds:
+        raise WordspaceError(
+            f"{store_url}: models/{group} was extracted with --pack-seconds {stored_packing}; "
+            "resume with the same value or pass --name to store this run separately"
+        )
     todo = store.incomplete_blocks(store_url, group)
     if not todo:
         return group, [], n_words
-    words = {name: table[name].values for name in ("text", "start", "end", "utterance_index")}
+    names = ("text", "start", "end", "utterance_index", "speaker", "chapter")
+    words = {name: table[name].values for name in names}
     utterance_table = {
         name: table[name].values
         for name in ("utterance_id", "audio_path", "duration", "transcript")
@@ -287,6 +317,7 @@ def plan_blocks(
                     "starts": words["start"][first:end].astype(np.float64),
                     "ends": words["end"][first:end].astype(np.float64),
                     "first_word": first,
+                    "reading": f"{words['speaker'][first]}/{words['chapter'][first]}",
                 }
             )
         plans.append(
@@ -303,6 +334,7 @@ def plan_blocks(
                 n_layers=len(adapter.layer_names),
                 dim=adapter.dim,
                 batch_seconds=batch_seconds,
+                pack_seconds=pack_seconds,
                 corpus_root=corpus_root,
                 utterances=utterances,
             )
@@ -355,30 +387,39 @@ def extract_model(
     batch_seconds: float = 60.0,
     layers: str | None = None,
     block_words: int | None = None,
+    pack_seconds: float = 0.0,
     client: Client | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
     progress: bool = True,
 ) -> ExtractSummary:
-    """Extract every (or the chosen) layer of `spec` for every word token of the store."""
+    """Extract every (or the chosen) layer of `spec` for every word token of the store.
+
+    `pack_seconds` > 0 feeds an audio model runs of consecutive utterances of one reading (same
+    speaker and chapter) of up to that many seconds instead of each utterance alone: Whisper,
+    which always encodes 30 s windows, then does the work of one window per 30 s of speech
+    rather than one per utterance; the words of an utterance see its neighbours as context.
+    """
     began = time.perf_counter()
-    group, plans, n_words = plan_blocks(
-        store_url,
-        spec,
-        name=name,
-        device=device,
-        dtype=dtype,
-        batch_seconds=batch_seconds,
-        layers=layers,
-        block_words=block_words,
-    )
-    utterances, seconds = 0, 0.0
-    if plans:
-        if client is not None:
-            utterances, seconds = run_plans(plans, client, progress)
-        else:
-            with dask_client(scheduler, workers=workers, quiet=not progress) as own:
-                utterances, seconds = run_plans(plans, own, progress)
+    with ExitStack() as stack:
+        if client is None:
+            client = stack.enter_context(
+                dask_client(scheduler, workers=workers, quiet=not progress)
+            )
+        # Checked where the work runs: the client's machine may have no GPU while workers do.
+        client.submit(torch_device, device, pure=False).result()
+        group, plans, n_words = plan_blocks(
+            store_url,
+            spec,
+            name=name,
+            device=device,
+            dtype=dtype,
+            batch_seconds=batch_seconds,
+            layers=layers,
+            block_words=block_words,
+            pack_seconds=pack_seconds,
+        )
+        utterances, seconds = run_plans(plans, client, progress) if plans else (0, 0.0)
     missing, sample = _finish(store_url, group)
     return ExtractSummary(
         group=group,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+from wordspace.cluster import on_backend
 from wordspace.errors import WordspaceError
 from wordspace.metrics.asif_protocols import asif_paired_protocol, asif_study_protocol
 from wordspace.pipeline.selection import sample_words, select_layers
@@ -28,6 +29,7 @@ def asif_comparison(
     ps: Sequence[float] = (4, 6),
     protocol: str = "study",
     query_share: float = 0.15,
+    gpu: bool = False,
 ) -> xr.Dataset:
     """ASIF accuracy of every layer pair over the (k, p) grid; variables prefixed `asif_`.
 
@@ -51,7 +53,7 @@ def asif_comparison(
         raise WordspaceError(
             f"--k {max(ks)}: only {n_anchors} anchor words are available; use k <= {n_anchors}"
         )
-    a, b = a.isel(word=chosen), b.isel(word=chosen)
+    a, b = on_backend(a.isel(word=chosen), gpu), on_backend(b.isel(word=chosen), gpu)
     results = PROTOCOLS[protocol](
         a, b, a["text"].values.astype(object), ks=tuple(ks), ps=tuple(ps), only=None,
         query_fraction=query_share, seed=seed,

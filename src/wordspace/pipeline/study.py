@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from distributed import Client
 
+from wordspace.cluster import torch_device
 from wordspace.pipeline.compare import compare_models
 from wordspace.pipeline.extract import extract_model
 from wordspace.pipeline.models.registry import build_model
@@ -52,12 +53,21 @@ def extract_and_compare(
     asif_ks: Sequence[int] = (100, 250),
     asif_ps: Sequence[int] = (4, 6),
     seed: int = 0,
+    pack_seconds: float = 0.0,
+    gpu: bool = False,
     progress: bool = True,
 ) -> list[str]:
     """Extract, then compare; returns the printed log lines (one per step)."""
     log = []
     for model in plan.models:
-        summary = extract_model(store_url, model, client=client, progress=progress)
+        summary = extract_model(
+            store_url,
+            model,
+            client=client,
+            device=torch_device(gpu),
+            pack_seconds=pack_seconds,
+            progress=progress,
+        )
         log.append(
             f"extract {model}: {summary.blocks_done} new block(s) of {summary.blocks_total}, "
             f"{summary.missing_words} word(s) NaN, {summary.seconds:.0f} s"
@@ -69,7 +79,7 @@ def extract_and_compare(
             log.append(f"compare {a} × {b}: already in the store")
         else:
             compare_models(
-                store_url, a, b, pair_metrics, seed=seed,
+                store_url, a, b, pair_metrics, seed=seed, gpu=gpu,
                 **({"ks": tuple(asif_ks), "ps": tuple(asif_ps)} if "asif" in pair_metrics else {}),
             )  # fmt: skip
             log.append(f"compare {a} × {b}: {', '.join(pair_metrics)}")

@@ -35,7 +35,7 @@ browser:
 # Every step reuses what the store already holds, so a second run only reports.
 demo: $(VENV)/.installed-models
 	$(BIN)/wordspace index data/demo/corpus --alignments data/demo/alignments --store $(DEMO_OUT)/demo.zarr
-	$(BIN)/wordspace study $(DEMO_OUT)/demo.zarr --out $(DEMO_OUT)/report $(if $(MODELS),--models $(MODELS))
+	$(BIN)/wordspace study $(DEMO_OUT)/demo.zarr --out $(DEMO_OUT)/report --pack-seconds 30 $(if $(MODELS),--models $(MODELS))
 
 test: $(VENV)/.installed-test browser
 	$(BIN)/ruff check src tests benchmarks

@@ -29,10 +29,12 @@ class StudyPlan:
 
 def study_pairs(models: Sequence[str]) -> StudyPlan:
     """The study's pairs: each audio model against each text model, and each model with itself."""
-    modality = {model: build_model(model).modality for model in models}
-    audio = [model for model in models if modality[model] == "audio"]
-    text = [model for model in models if modality[model] != "audio"]
-    pairs = [(a, b) for a in audio for b in text] + [(model, model) for model in models]
+    adapters = {model: build_model(model) for model in models}
+    audio = [model for model in models if adapters[model].modality == "audio"]
+    text = [model for model in models if adapters[model].modality != "audio"]
+    # A single-layer model against itself is one trivial cell.
+    layered = [model for model in models if len(adapters[model].layer_names) > 1]
+    pairs = [(a, b) for a in audio for b in text] + [(model, model) for model in layered]
     return StudyPlan(tuple(models), tuple(pairs))
 
 

@@ -244,19 +244,26 @@ def _parse_layers(layers: str | None, n_layers: int) -> tuple[int, ...]:
     return chosen
 
 
+@dataclass(frozen=True)
+class ExtractSettings:
+    """How a model is extracted (the `wordspace extract` options)."""
+
+    name: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    batch_seconds: float = 60.0
+    layers: str | None = None
+    block_words: int | None = None
+    pack_seconds: float = 0.0
+
+
 def plan_blocks(
-    store_url: str,
-    spec: str,
-    *,
-    name: str | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
-    batch_seconds: float = 60.0,
-    layers: str | None = None,
-    block_words: int | None = None,
-    pack_seconds: float = 0.0,
+    store_url: str, spec: str, settings: ExtractSettings
 ) -> tuple[str, list[BlockPlan], int]:
     """Create (or reopen) the model group and plan its unfinished blocks: (group, plans, words)."""
+    name, device, dtype = settings.name, settings.device, settings.dtype
+    batch_seconds, block_words = settings.batch_seconds, settings.block_words
+    layers, pack_seconds = settings.layers, settings.pack_seconds
     if dtype not in ("float32", "float16"):
         raise WordspaceError(f"--dtype {dtype!r}: use float32 or float16")
     table = store.open_word_table(store_url)
@@ -408,17 +415,10 @@ def extract_model(
             )
         # Checked where the work runs: the client's machine may have no GPU while workers do.
         client.submit(torch_device, device, pure=False).result()
-        group, plans, n_words = plan_blocks(
-            store_url,
-            spec,
-            name=name,
-            device=device,
-            dtype=dtype,
-            batch_seconds=batch_seconds,
-            layers=layers,
-            block_words=block_words,
-            pack_seconds=pack_seconds,
+        settings = ExtractSettings(
+            name, device, dtype, batch_seconds, layers, block_words, pack_seconds
         )
+        group, plans, n_words = plan_blocks(store_url, spec, settings)
         utterances, seconds = run_plans(plans, client, progress) if plans else (0, 0.0)
     missing, sample = _finish(store_url, group)
     return ExtractSummary(

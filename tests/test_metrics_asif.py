@@ -14,7 +14,12 @@ from wordspace.metrics import (
     asif_study_protocol,
     asif_sweep,
 )
-from wordspace.metrics.topk import merge_top, sparse_matrix_scores_top, sparse_scores_top
+from wordspace.metrics.topk import (
+    anchor_major,
+    merge_top,
+    sparse_matrix_scores_top,
+    sparse_scores_top,
+)
 
 
 def _dense(ax, ay, qx, cy, k, p, top):
@@ -100,7 +105,7 @@ def test_sparse_matrix_path_matches_the_kernel():
     rng = np.random.default_rng(3)
     cols = [np.sort(rng.permuted(np.tile(np.arange(60), (n, 1)), axis=1)[:, :8]) for n in (9, 30)]
     vals = [rng.random(c.shape) for c in cols]
-    kernel = sparse_scores_top(cols[0], vals[0], cols[1], vals[1], 60, 4)
+    kernel = sparse_scores_top(cols[0], vals[0], anchor_major(cols[1], vals[1], 60), 4)
     values, items = sparse_matrix_scores_top(
         cols[0], vals[0], cols[1], vals[1], 60, 4, scipy.sparse
     )

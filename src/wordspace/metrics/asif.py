@@ -24,6 +24,7 @@ from wordspace.errors import WordspaceError
 from wordspace.metrics._backend import array_module, to_numpy
 from wordspace.metrics.topk import (
     TopState,
+    anchor_major,
     merge_top,
     ranked_items,
     sparse_matrix_scores_top,
@@ -37,6 +38,8 @@ STUDY_GRID: tuple[tuple[int, int], ...] = (
 """The (k, p) cells the study searched (Bolaños 2024, section 3.3.3)."""
 
 DEFAULT_CHUNK = 2048
+ANCHOR_BLOCK_ROWS = 4
+"""Anchor blocks hold this many row chunks: fewer, larger gemms and top-k merges."""
 
 
 def _data(x: Any) -> Any:
@@ -73,7 +76,7 @@ def _relative_step(
     state: TopState | None, rows: Any, anchors: Any, offset: int, k: int
 ) -> TopState:
     values, items = merge_top(state, rows @ anchors.T, k, offset=offset)
-    return values, items.astype(np.int32)
+    return values, items.astype(np.int32, copy=False)
 
 
 def _relative_states(rows: list[Any], anchors: list[Any], offsets: list[int], k: int) -> list[Any]:
@@ -88,38 +91,45 @@ def _relative_states(rows: list[Any], anchors: list[Any], offsets: list[int], k:
     return states
 
 
-def _weights(state: TopState, k: int, p: float) -> TopState:
-    """Anchor columns and weights of relative representations at (k, p), from a larger-k state."""
+def _weights(state: TopState, cells: Sequence[tuple[int, float]]) -> list[TopState]:
+    """Per (k, p) cell, the anchor columns and weights of the relative representations, from a
+    state at the largest k."""
     xp = array_module(state[0])
     values, cols = state
-    if k < values.shape[1]:
-        values, cols = merge_top(None, values, k, items=cols)
-    weights = xp.maximum(values, 0) ** p
-    norm = xp.sqrt((weights * weights).sum(axis=1, keepdims=True))
-    return cols, weights / xp.where(norm > 0, norm, 1)
+    by_k = {k: merge_top(None, values, k, items=cols) for k, _ in cells if k < values.shape[1]}
+    out = []
+    for k, p in cells:
+        values, cols = by_k.get(k, state)
+        weights = xp.maximum(values, 0) ** p
+        norm = xp.sqrt((weights * weights).sum(axis=1, keepdims=True))
+        out.append((cols, weights / xp.where(norm > 0, norm, 1)))
+    return out
+
+
+def _candidate_side(state: TopState, cells: Sequence[tuple[int, float]], n_anchors: int) -> list:
+    """Per cell, a candidate block's relative representations as the score step takes them."""
+    if array_module(state[0]) is not np:
+        return _weights(state, cells)
+    return [anchor_major(cols, weights, n_anchors) for cols, weights in _weights(state, cells)]
 
 
 def _score_step(
     states: list[TopState] | None,
-    queries: TopState,
-    candidates: TopState,
+    queries: list[TopState],
+    candidates: list[Any],
     offset: int,
-    cells: Sequence[tuple[int, float]],
     top: int,
     n_anchors: int,
 ) -> list[TopState]:
-    xp = array_module(queries[0])
     merged = []
-    for i, (k, p) in enumerate(cells):
-        q_cols, q_weights = _weights(queries, k, p)
-        c_cols, c_weights = _weights(candidates, k, p)
-        if xp is np:
-            block = sparse_scores_top(q_cols, q_weights, c_cols, c_weights, n_anchors, top)
+    for i, ((q_cols, q_weights), prepared) in enumerate(zip(queries, candidates, strict=True)):
+        if array_module(q_weights) is np:
+            block = sparse_scores_top(q_cols, q_weights, prepared, top)
         else:
             import cupyx.scipy.sparse
 
             block = sparse_matrix_scores_top(
-                q_cols, q_weights, c_cols, c_weights, n_anchors, top, cupyx.scipy.sparse
+                q_cols, q_weights, *prepared, n_anchors, top, cupyx.scipy.sparse
             )
         state = None if states is None else states[i]
         merged.append(merge_top(state, block[0], top, items=block[1] + offset))
@@ -140,11 +150,15 @@ def _score_graph(
 ) -> Any:
     """Delayed (cells, queries, top) candidate positions for one layer pair."""
     step = dask.delayed(_score_step, pure=True)
+    c_sides = [
+        dask.delayed(_candidate_side, pure=True)(c_state, cells, n_anchors) for c_state in c_states
+    ]
     per_block = []
     for q_state in q_states:
+        q_side = dask.delayed(_weights, pure=True)(q_state, cells)
         states = None
-        for c_state, offset in zip(c_states, c_offsets, strict=True):
-            states = step(states, q_state, c_state, offset, cells, top, n_anchors)
+        for c_side, offset in zip(c_sides, c_offsets, strict=True):
+            states = step(states, q_side, c_side, offset, top, n_anchors)
         per_block.append(dask.delayed(_ranked, pure=True)(states))
     return dask.delayed(np.concatenate, pure=True)(per_block, axis=1)
 
@@ -256,14 +270,15 @@ def _retrieve_grid(
         return x if ok.all() else x[ok]
 
     dtype = np.result_type(np.float32, *(x.dtype for pair in xs + ys for x in pair))
+    anchor_chunk = chunk * ANCHOR_BLOCK_ROWS
     q_states, c_states = [], []
     for anchors, queries in xs:
-        anchor_blocks, offsets = _blocks(rows(anchors, anchor_ok), dtype, chunk)
+        anchor_blocks, offsets = _blocks(rows(anchors, anchor_ok), dtype, anchor_chunk)
         query_blocks, _ = _blocks(rows(queries, query_ok), dtype, chunk)
         q_states.append(_relative_states(query_blocks, anchor_blocks, offsets, k_max))
     c_offsets: list[int] = []
     for anchors, candidates in ys:
-        anchor_blocks, offsets = _blocks(rows(anchors, anchor_ok), dtype, chunk)
+        anchor_blocks, offsets = _blocks(rows(anchors, anchor_ok), dtype, anchor_chunk)
         candidate_blocks, c_offsets = _blocks(rows(candidates, candidate_ok), dtype, chunk)
         c_states.append(_relative_states(candidate_blocks, anchor_blocks, offsets, k_max))
     graphs = [

@@ -101,6 +101,23 @@ def test_ties_go_to_the_lower_index_in_running_and_final_top():
     assert (got[:, 0] % 2 == 0).all() and (got[:, 1] == got[:, 0] + 1).all()
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_running_top_and_its_reduction_match_a_full_sort(seed):
+    rng = np.random.default_rng(seed)
+    n, k, small = 300, int(rng.integers(20, 120)), int(rng.integers(1, 20))
+    values = rng.integers(0, int(rng.integers(2, 40)), (6, n)).astype(np.float32)
+    cuts = [0, *np.sort(rng.choice(np.arange(1, n), 5, replace=False)), n]
+    state = None
+    for start, stop in zip(cuts[:-1], cuts[1:], strict=True):
+        state = merge_top(state, values[:, start:stop], k, offset=start)
+    cols = np.broadcast_to(np.arange(n), values.shape)
+    best = np.lexsort((cols, -values), axis=1)
+    np.testing.assert_array_equal(state[1], np.sort(best[:, :k], axis=1))
+    reduced = merge_top(None, state[0], small, items=state[1])
+    np.testing.assert_array_equal(reduced[1], np.sort(best[:, :small], axis=1))
+    np.testing.assert_array_equal(reduced[0], np.take_along_axis(values, reduced[1], axis=1))
+
+
 def test_sparse_matrix_path_matches_the_kernel():
     rng = np.random.default_rng(3)
     cols = [np.sort(rng.permuted(np.tile(np.arange(60), (n, 1)), axis=1)[:, :8]) for n in (9, 30)]

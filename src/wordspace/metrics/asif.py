@@ -66,31 +66,27 @@ def _unit_rows(x: Any, dtype: Any) -> Any:
     return x / xp.where(norm > 0, norm, 1)
 
 
-def _blocks(x: da.Array, chunk: int) -> tuple[list[Any], list[int]]:
-    x = x.rechunk((chunk, -1))
+def _blocks(x: da.Array, dtype: Any, chunk: int) -> tuple[list[Any], list[int]]:
+    x = x.rechunk((chunk, -1)).map_blocks(_unit_rows, dtype, dtype=dtype)
     offsets = np.concatenate([[0], np.cumsum(x.chunks[0])[:-1]]).tolist()
     return list(x.to_delayed().ravel()), offsets
 
 
 def _relative_step(
-    state: TopState | None, rows: Any, anchors: Any, offset: int, k: int, dtype: Any
+    state: TopState | None, rows: Any, anchors: Any, offset: int, k: int
 ) -> TopState:
-    # normalising here, not once per block, keeps no normalised copy of the inputs alive
-    cosines = _unit_rows(rows, dtype) @ _unit_rows(anchors, dtype).T
-    values, items = merge_top(state, cosines, k, offset=offset)
+    values, items = merge_top(state, rows @ anchors.T, k, offset=offset)
     return values, items.astype(np.int32, copy=False)
 
 
-def _relative_states(
-    rows: list[Any], anchors: list[Any], offsets: list[int], k: int, dtype: Any
-) -> list[Any]:
+def _relative_states(rows: list[Any], anchors: list[Any], offsets: list[int], k: int) -> list[Any]:
     """Per row block, the delayed top-k cosines to the anchors, in anchor order."""
     step = dask.delayed(_relative_step, pure=True)
     states = []
     for block in rows:
         state = None
         for anchor_block, offset in zip(anchors, offsets, strict=True):
-            state = step(state, block, anchor_block, offset, k, dtype)
+            state = step(state, block, anchor_block, offset, k)
         states.append(state)
     return states
 
@@ -277,14 +273,14 @@ def _retrieve_grid(
     anchor_chunk = chunk * ANCHOR_BLOCK_ROWS
     q_states, c_states = [], []
     for anchors, queries in xs:
-        anchor_blocks, offsets = _blocks(rows(anchors, anchor_ok), anchor_chunk)
-        query_blocks, _ = _blocks(rows(queries, query_ok), chunk)
-        q_states.append(_relative_states(query_blocks, anchor_blocks, offsets, k_max, dtype))
+        anchor_blocks, offsets = _blocks(rows(anchors, anchor_ok), dtype, anchor_chunk)
+        query_blocks, _ = _blocks(rows(queries, query_ok), dtype, chunk)
+        q_states.append(_relative_states(query_blocks, anchor_blocks, offsets, k_max))
     c_offsets: list[int] = []
     for anchors, candidates in ys:
-        anchor_blocks, offsets = _blocks(rows(anchors, anchor_ok), anchor_chunk)
-        candidate_blocks, c_offsets = _blocks(rows(candidates, candidate_ok), chunk)
-        c_states.append(_relative_states(candidate_blocks, anchor_blocks, offsets, k_max, dtype))
+        anchor_blocks, offsets = _blocks(rows(anchors, anchor_ok), dtype, anchor_chunk)
+        candidate_blocks, c_offsets = _blocks(rows(candidates, candidate_ok), dtype, chunk)
+        c_states.append(_relative_states(candidate_blocks, anchor_blocks, offsets, k_max))
     graphs = [
         [_score_graph(q, c, c_offsets, cells, top, counts["n_anchors"]) for c in c_states]
         for q in q_states

@@ -76,7 +76,7 @@ def test_extract_compare_and_lazy_queries_on_s3(s3_env, small_corpus):
     index_corpus(small_corpus.corpus, small_corpus.alignments, url)
     with (
         dask.config.set({"distributed.worker.preload": [cluster_model.PATH]}),
-        dask_client(workers=2, memory_limit="1GB", quiet=True) as client,
+        dask_client(workers=2, memory_limit="4GB", quiet=True) as client,
     ):
         for model in ("hashed-words", "other-hashed-words"):
             extract_model(url, model, client=client, block_words=4, progress=False)

@@ -261,33 +261,30 @@ def plan_blocks(
     store_url: str, spec: str, settings: ExtractSettings
 ) -> tuple[str, list[BlockPlan], int]:
     """Create (or reopen) the model group and plan its unfinished blocks: (group, plans, words)."""
-    name, device, dtype = settings.name, settings.device, settings.dtype
-    batch_seconds, block_words = settings.batch_seconds, settings.block_words
-    layers, pack_seconds = settings.layers, settings.pack_seconds
-    if dtype not in ("float32", "float16"):
-        raise WordspaceError(f"--dtype {dtype!r}: use float32 or float16")
+    if settings.dtype not in ("float32", "float16"):
+        raise WordspaceError(f"--dtype {settings.dtype!r}: use float32 or float16")
     table = store.open_word_table(store_url)
     adapter = build_model(spec)
-    chosen = _parse_layers(layers, len(adapter.layer_names))
-    group = name or group_name(spec)
+    chosen = _parse_layers(settings.layers, len(adapter.layer_names))
+    group = settings.name or group_name(spec)
     n_words = table.sizes["word"]
-    block_words = block_words or store.words_per_block(n_words)
+    block_words = settings.block_words or store.words_per_block(n_words)
     store.create_embedding(
         store_url,
         group,
         layer_names=[adapter.layer_names[index] for index in chosen],
         n_words=n_words,
         dim=adapter.dim,
-        dtype=dtype,
+        dtype=settings.dtype,
         block_words=block_words,
         attrs={
-            **provenance(adapter, spec, device, dtype),
+            **provenance(adapter, spec, settings.device, settings.dtype),
             "layer_indices": list(chosen),
-            "pack_seconds": pack_seconds,
+            "pack_seconds": settings.pack_seconds,
         },
     )
     stored_packing = store.model_attrs(store_url, group).get("pack_seconds", 0.0)
-    if stored_packing != pack_seconds:
+    if stored_packing != settings.pack_seconds:
         raise WordspaceError(
             f"{store_url}: models/{group} was extracted with --pack-seconds {stored_packing}; "
             "resume with the same value or pass --name to store this run separately"
@@ -296,10 +293,10 @@ def plan_blocks(
     if not todo:
         return group, [], n_words
     names = ("text", "start", "end", "utterance_index", "speaker", "chapter")
-    words = {name: table[name].values for name in names}
+    words = {column: table[column].values for column in names}
     utterance_table = {
-        name: table[name].values
-        for name in ("utterance_id", "audio_path", "duration", "transcript")
+        column: table[column].values
+        for column in ("utterance_id", "audio_path", "duration", "transcript")
     }
     corpus_root = store.root_attrs(store_url)["corpus_root"]
     boundaries = np.flatnonzero(np.diff(words["utterance_index"])) + 1
@@ -332,16 +329,16 @@ def plan_blocks(
                 store_url=store_url,
                 group=group,
                 spec=spec,
-                device=device,
-                dtype=dtype,
+                device=settings.device,
+                dtype=settings.dtype,
                 block=block,
                 word_start=start,
                 word_stop=stop,
                 layers=chosen,
                 n_layers=len(adapter.layer_names),
                 dim=adapter.dim,
-                batch_seconds=batch_seconds,
-                pack_seconds=pack_seconds,
+                batch_seconds=settings.batch_seconds,
+                pack_seconds=settings.pack_seconds,
                 corpus_root=corpus_root,
                 utterances=utterances,
             )

@@ -9,6 +9,7 @@ interruption does only the blocks not marked complete, so its result equals an u
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import time
 from contextlib import ExitStack
@@ -180,8 +181,11 @@ def embed_block(plan: BlockPlan) -> tuple[int, int, float, int]:
     values = np.full(
         (len(plan.layers), plan.word_stop - plan.word_start, plan.dim), np.nan, dtype=np.float32
     )
-    pack_seconds = plan.pack_seconds if adapter.modality == "audio" else 0.0
-    for batch in _batches(_units(plan.utterances, pack_seconds), plan.batch_seconds):
+    audio = adapter.modality == "audio"
+    pack_seconds = plan.pack_seconds if audio else 0.0
+    # Text and static models batch by their own token budget: give them the whole block at once.
+    batch_seconds = plan.batch_seconds if audio else math.inf
+    for batch in _batches(_units(plan.utterances, pack_seconds), batch_seconds):
         inputs = [_unit_input(unit, adapter, plan.corpus_root) for unit in batch]
         for unit, unit_input, vectors in zip(batch, inputs, adapter.embed(inputs), strict=True):
             expected = (plan.n_layers, len(unit_input.words), plan.dim)

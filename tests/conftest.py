@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from distributed import Client, LocalCluster
 
+from wordspace.pipeline.index import index_corpus
 from wordspace.pipeline.textgrid import Interval, write_textgrid
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -99,3 +101,21 @@ def build_corpus(root: Path, utterances=UTTERANCES) -> CorpusFixture:
 @pytest.fixture
 def small_corpus(tmp_path: Path) -> CorpusFixture:
     return build_corpus(tmp_path)
+
+
+@pytest.fixture
+def indexed(small_corpus: CorpusFixture, tmp_path: Path) -> str:
+    """A store holding the small corpus's word table."""
+    url = str(tmp_path / "store.zarr")
+    index_corpus(small_corpus.corpus, small_corpus.alignments, url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def client():
+    """An in-process Dask cluster, so models registered by a test are known to its workers."""
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from distributed import Client, LocalCluster
 
 from wordspace import open_store
 from wordspace.errors import WordspaceError
 from wordspace.pipeline.extract import extract_model, group_name
-from wordspace.pipeline.index import index_corpus
 from wordspace.pipeline.models.base import AudioModelAdapter, FrameGeometry, ModelAdapter
 from wordspace.pipeline.models.registry import ModelEntry, register
 from wordspace.storage import store as st
@@ -62,22 +60,6 @@ class VocabularyModel(ModelAdapter):
 
 register(ModelEntry("frame-index", "test", FrameIndexModel))
 register(ModelEntry("tiny-vocabulary", "test", VocabularyModel))
-
-
-@pytest.fixture(scope="module")
-def client():
-    with (
-        LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
-
-
-@pytest.fixture
-def indexed(small_corpus, tmp_path):
-    url = str(tmp_path / "store.zarr")
-    index_corpus(small_corpus.corpus, small_corpus.alignments, url)
-    return url
 
 
 def expected_frames(start: float, end: float) -> np.ndarray:

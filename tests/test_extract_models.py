@@ -11,9 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
-from distributed import Client, LocalCluster
 from test_models_beats import TINY_CFG, official_state, random_encoder
 from test_models_speech import save_tiny
 
@@ -25,22 +23,6 @@ from wordspace.pipeline.models.registry import build_model
 from wordspace.storage import store as st
 
 TESTS = Path(__file__).parent
-
-
-@pytest.fixture(scope="module")
-def client():
-    with (
-        LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
-
-
-@pytest.fixture
-def indexed(small_corpus, tmp_path):
-    url = str(tmp_path / "store.zarr")
-    index_corpus(small_corpus.corpus, small_corpus.alignments, url)
-    return url
 
 
 def model_specs(root: Path) -> dict[str, str]:

@@ -7,15 +7,7 @@ import pytest
 
 from wordspace import open_store
 from wordspace.errors import WordspaceError
-from wordspace.pipeline.index import index_corpus
 from wordspace.storage import store as st
-
-
-@pytest.fixture
-def indexed(small_corpus, tmp_path):
-    url = str(tmp_path / "store.zarr")
-    index_corpus(small_corpus.corpus, small_corpus.alignments, url)
-    return url
 
 
 def make_group(url, block_words=4, dtype="float32"):

@@ -202,22 +202,12 @@ def test_acoustic_models_refuse_a_missing_gpu() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, dim", [("glove-6b-50d", 50), ("logmel", 80), ("mfcc", 13)])
-def test_extracts_into_the_store(name: str, dim: int, small_corpus, tmp_path: Path) -> None:
-    from distributed import Client, LocalCluster
-
+def test_extracts_into_the_store(name: str, dim: int, indexed: str, client) -> None:
     from wordspace import open_store
     from wordspace.pipeline.extract import extract_model
-    from wordspace.pipeline.index import index_corpus
 
-    url = str(tmp_path / "store.zarr")
-    index_corpus(small_corpus.corpus, small_corpus.alignments, url)
-    with (
-        LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        summary = extract_model(url, name, client=client, progress=False)
+    url = indexed
+    summary = extract_model(url, name, client=client, progress=False)
     embedding = open_store(url).embedding(name)
     assert embedding.dims == ("layer", "word", "dim")
     assert embedding.shape == (1, 14, dim)

@@ -222,22 +222,12 @@ def test_failed_cache_build_leaves_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_minilm_extracts_into_the_store_as_embedded_directly(small_corpus, tmp_path: Path) -> None:
-    from distributed import Client, LocalCluster
-
+def test_minilm_extracts_into_the_store_as_embedded_directly(indexed: str, client) -> None:
     from wordspace import open_store
     from wordspace.pipeline.extract import extract_model
-    from wordspace.pipeline.index import index_corpus
 
-    url = str(tmp_path / "store.zarr")
-    index_corpus(small_corpus.corpus, small_corpus.alignments, url)
-    with (
-        LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        extract_model(url, "minilm-l6", client=client, progress=False)
+    url = indexed
+    extract_model(url, "minilm-l6", client=client, progress=False)
     embedding = open_store(url).embedding("minilm-l6")
     assert embedding.shape == (7, 14, 384)
     assert list(embedding.layer.values) == minilm_l6().layer_names

@@ -1,5 +1,6 @@
 """Linear CKA (biased, debiased) and CCA against straightforward numpy formulas."""
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -66,6 +67,7 @@ def small_chunks(monkeypatch):
     """Keep the caller's word chunking, however small, so multi-chunk reductions are exercised."""
     monkeypatch.setattr(statistics_module, "_MIN_CHUNK_WORDS", 1)
     monkeypatch.setattr(statistics_module, "_TARGET_CHUNK_BYTES", 1)
+    monkeypatch.setattr(statistics_module, "_PRODUCT_WORDS", 16)
 
 
 def test_cka_matches_the_study_function_and_song_estimator():
@@ -92,6 +94,33 @@ def test_cka_float32_and_float16_inputs_accumulate_accurately():
     assert linear_cka(x16, y16) == pytest.approx(
         reference_cka(x16.astype(np.float64), y16.astype(np.float64)), rel=1e-5
     )
+
+
+def test_float32_products_over_many_words_match_float64_to_1e6():
+    rng = np.random.default_rng(3)
+    n = 40_000
+    x, y = related_pair(rng, n, 24, 16, offset=5.0)
+    a = np.stack([x, x + rng.standard_normal(x.shape)]).astype(np.float32)
+    b = np.stack([y, np.sqrt(np.abs(y))]).astype(np.float32)
+    got = similarity_grid(a, b)
+    expected = similarity_grid(a.astype(np.float64), b.astype(np.float64))
+    for name in expected.data_vars:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-6)
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "threads"])
+@pytest.mark.parametrize("workers", [1, 3])
+def test_every_scheduler_and_chain_count_gives_the_same_grid(small_chunks, scheduler, workers):
+    rng = np.random.default_rng(4)
+    a = np.stack([related_pair(rng, 400, 6, 1)[0] for _ in range(2)])
+    b = rng.standard_normal((3, 400, 5))
+    a[1, 17] = np.nan
+    expected = similarity_grid(a, b)
+    with dask.config.set(scheduler=scheduler, num_workers=workers):
+        got = similarity_grid(da.from_array(a, chunks=(1, 50, 6)), da.from_array(b, (3, 70, 5)))
+    assert got.attrs == expected.attrs
+    for name in expected.data_vars:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-9)
 
 
 def test_canonical_correlations_match_qr_svd():
@@ -292,3 +321,15 @@ def test_infinite_values_and_too_few_valid_words_raise():
         similarity_grid(x, y, metrics=["cka", "svcca"])
     with pytest.raises(WordspaceError, match="ridge=1.5"):
         cca(x, y, ridge=1.5)
+
+
+# Last in the file: the module-scoped client stays the default scheduler once it exists.
+def test_distributed_client_gives_the_same_grid(client, small_chunks):
+    rng = np.random.default_rng(5)
+    a = np.stack([related_pair(rng, 300, 4, 1)[0] for _ in range(3)]).astype(np.float32)
+    b = rng.standard_normal((2, 300, 3)).astype(np.float32)
+    with dask.config.set(scheduler="sync"):
+        expected = similarity_grid(a, b)
+    got = similarity_grid(da.from_array(a, chunks=(1, 40, 4)), da.from_array(b, chunks=(2, 50, 3)))
+    for name in expected.data_vars:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-6)

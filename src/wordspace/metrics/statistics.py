@@ -2,34 +2,51 @@
 
 Every layer-pair metric here (linear CKA, debiased CKA, CCA) is a function of a few sums over
 words: the column sums, each layer's ``XᵀX``, every cross product ``XₐᵀY_b`` and, for debiased
-CKA, sums built from the rows' squared norms. Each word chunk contributes those sums through a
-few BLAS calls on its stacked layers, ``(words, layers * dim)``; the chunks' contributions are
-added in float64 by a Dask tree reduction, so memory is bounded by the size of the statistics and
-no ``n × n`` matrix ever exists.
+CKA, sums built from the rows' squared norms. The layers of a block of words are stacked side by
+side, ``(words, layers * dim)``, so every cross product of a block is one BLAS ``gemm`` (and, when
+A is B, one ``syrk``). No ``n × n`` matrix ever exists.
+
+The pass. Word chunks are dealt round-robin to as many chains of tasks as the active Dask
+scheduler runs at once; each task adds its chunk into its chain's float64 totals in place, and the
+chains' totals are added pairwise at the end. So each chain allocates its totals once, however
+many chunks it reads, and memory is bounded by the size of the statistics, not by n. With the
+local threaded scheduler each task gets an equal share of the cores' BLAS threads (distributed
+workers already run single-threaded BLAS), so Dask threads and BLAS threads never oversubscribe.
 
 Numerics. Before the products, each layer is shifted by the column mean of the first word chunk,
 so the sums are of nearly centred data and the exact centring done at the end does not cancel
-digits. The per-chunk products run in float32 for float16/float32 inputs (float64 for float64
-inputs); the sums across chunks are always float64.
+digits. For float16/float32 inputs the products run in float32 (``sgemm``, twice the speed of
+``dgemm``) on blocks of ``_PRODUCT_WORDS`` words, and each block's products are added into the
+float64 totals, so float32 rounding never builds up over more than one block; float64 inputs run
+in float64 throughout.
 
 Missing words. A word (row) with a NaN anywhere in either input is left out, and counted;
 infinite values are an error.
 """
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 import dask.array as da
+import dask.multiprocessing
+import dask.threaded
 import numpy as np
+from dask.delayed import Delayed, delayed
+from threadpoolctl import threadpool_limits
 
 from wordspace.errors import WordspaceError
 from wordspace.metrics._backend import array_module, to_numpy
 
 # Words per chunk are raised (by merging chunks) to at least this many, and to about
-# _TARGET_CHUNK_BYTES of input, so each chunk's gemm outweighs the cost of emitting its statistics.
+# _TARGET_CHUNK_BYTES of input, so Dask's per-task overhead stays small next to the scratch.
 _MIN_CHUNK_WORDS = 8192
 _TARGET_CHUNK_BYTES = 2**27
-_SPLIT_EVERY = 4
+# Words per float32 product. On shifted (nearly centred) data, CKA and CCA from float32 products
+# of 2,048 to 16,384 words added into float64 stay within 2e-8 of float64 products (46,906 words);
+# 8,192 keeps the float32 -> float64 additions to a few per cent of the gemm time.
+_PRODUCT_WORDS = 8192
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,13 @@ class _Layout:
     @property
     def size(self) -> int:
         return sum(int(np.prod(shape)) for _, shape in self.fields())
+
+    def views(self, total: Any) -> dict[str, Any]:
+        """Each statistic as a view of the flat vector ``total``, in its own shape."""
+        return {
+            name: total[start : start + int(np.prod(shape))].reshape(shape)
+            for name, (start, shape) in self.offsets().items()
+        }
 
 
 @dataclass
@@ -143,7 +167,7 @@ def _with_large_word_chunks(x: da.Array, rows: int) -> da.Array:
 def gram_statistics(a: Any, b: Any, debiased: bool = False) -> GramStatistics:
     """Accumulate the statistics of every layer of ``a`` against every layer of ``b``.
 
-    ``a is b`` computes only the upper triangle of the products. Runs on whatever Dask scheduler
+    ``a is b`` computes only the upper triangle of the scratch. Runs on whatever Dask scheduler
     is active (a distributed client if one exists).
     """
     same = a is b
@@ -160,7 +184,10 @@ def gram_statistics(a: Any, b: Any, debiased: bool = False) -> GramStatistics:
     row_bytes = stack_a.shape[0] * stack_a.shape[2] * stack_a.dtype.itemsize
     if not same:
         row_bytes += stack_b.shape[0] * stack_b.shape[2] * stack_b.dtype.itemsize
-    stack_a = _with_large_word_chunks(stack_a, _chunk_words(row_bytes))
+    stack_a = _with_large_word_chunks(stack_a, _chunk_words(row_bytes)).rechunk({2: -1})
+    stacks = [stack_a]
+    if not same:
+        stacks.append(stack_b.rechunk({1: stack_a.chunks[1], 2: -1}))
     layout = _Layout(
         shape_a=(stack_a.shape[0], stack_a.shape[2]),
         shape_b=(stack_b.shape[0], stack_b.shape[2]),
@@ -168,47 +195,72 @@ def gram_statistics(a: Any, b: Any, debiased: bool = False) -> GramStatistics:
         debiased=debiased,
         compute_dtype=compute_dtype,
     )
-    meta = array_module(stack_a._meta).empty((0, 0), dtype=np.float64)
-    shift_a = _first_chunk_shift(stack_a, compute_dtype)
-    if same:
-        args = (stack_a, "lwd", shift_a, "ld")
-    else:
-        stack_b = stack_b.rechunk({1: stack_a.chunks[1]})
-        args = (stack_a, "lwd", stack_b, "mwe", shift_a, "ld")
-        args += (_first_chunk_shift(stack_b, compute_dtype), "me")
-    per_chunk = da.blockwise(
-        _chunk_statistics,
-        "wk",
-        *args,
-        new_axes={"k": layout.size},
-        adjust_chunks={"w": 1},
-        concatenate=True,
-        meta=meta,
-        layout=layout,
-    )
-    total = to_numpy(per_chunk.sum(axis=0, split_every=_SPLIT_EVERY).compute())
-    return _finish(total, layout)
+    chunks = list(zip(*[_layer_blocks_per_chunk(stack) for stack in stacks], strict=True))
+    shifts = [delayed(_column_shift)(blocks, compute_dtype) for blocks in chunks[0]]
+    scheduler = dask.base.get_scheduler(collections=shifts)
+    chains = min(len(chunks), _concurrent_tasks(scheduler))
+    totals = []
+    for chain in range(chains):
+        total = None
+        for blocks in chunks[chain::chains]:
+            total = delayed(_add_chunk)(total, blocks, shifts, layout)
+        totals.append(total)
+    while len(totals) > 1:
+        pairs = [totals[i : i + 2] for i in range(0, len(totals), 2)]
+        totals = [delayed(_add_into)(*pair) if len(pair) == 2 else pair[0] for pair in pairs]
+    return _finish(to_numpy(_compute(totals[0], scheduler, chains)), layout)
 
 
-def _first_chunk_shift(x: da.Array, dtype: np.dtype) -> da.Array:
-    first = x[:, : x.chunks[1][0], :]
-    return first.map_blocks(_column_shift, dtype=dtype, drop_axis=1, compute_dtype=dtype)
+def _layer_blocks_per_chunk(stack: da.Array) -> list[list[Delayed]]:
+    """For each word chunk of a ``(layer, word, dim)`` array, its blocks of layers, in order."""
+    blocks = stack.to_delayed()
+    return [list(blocks[:, word, 0]) for word in range(blocks.shape[1])]
 
 
-def _column_shift(block: Any, compute_dtype: np.dtype) -> Any:
-    """Column means of a block over its finite rows (0 where a column has none)."""
-    xp = array_module(block)
-    finite = xp.isfinite(block)
-    sums = xp.where(finite, block, 0).sum(axis=1, dtype=np.float64)
-    counts = xp.maximum(finite.sum(axis=1), 1)
-    return (sums / counts).astype(compute_dtype)
+def _concurrent_tasks(scheduler: Any) -> int:
+    """How many tasks ``scheduler`` runs at once (a distributed client's threads in all)."""
+    client = getattr(scheduler, "__self__", None)
+    if hasattr(client, "nthreads"):
+        return max(1, sum(client.nthreads().values()))
+    if scheduler in (dask.threaded.get, dask.multiprocessing.get):
+        return dask.config.get("num_workers", None) or os.cpu_count() or 1
+    return 1
 
 
-def _stacked_rows(block: Any, shift: Any, compute_dtype: np.dtype) -> Any:
-    """``(layer, word, dim)`` block -> contiguous ``(word, layer * dim)`` rows, shifted."""
-    xp = array_module(block)
-    rows = xp.subtract(block.transpose(1, 0, 2), shift[None], dtype=compute_dtype)
-    return rows.reshape(rows.shape[0], -1)
+def _compute(total: Delayed, scheduler: Any, tasks: int) -> Any:
+    """Compute ``total``; tasks of the local threaded scheduler share this process's BLAS."""
+    if scheduler is not dask.threaded.get:
+        return total.compute(scheduler=scheduler)
+    with threadpool_limits(limits=max(1, (os.cpu_count() or 1) // tasks)):
+        return total.compute(scheduler=scheduler)
+
+
+def _column_shift(blocks: list[Any], compute_dtype: np.dtype) -> Any:
+    """Column means ``(layer, dim)`` of a chunk over its finite rows (0 where a column has none)."""
+    xp = array_module(blocks[0])
+    means = []
+    for block in blocks:
+        finite = xp.isfinite(block)
+        sums = xp.where(finite, block, 0).sum(axis=1, dtype=np.float64)
+        means.append(sums / xp.maximum(finite.sum(axis=1), 1))
+    return xp.concatenate(means).astype(compute_dtype)
+
+
+def _stacked_rows(blocks: list[Any], shift: Any, words: slice, out: Any) -> Any:
+    """Rows ``words`` of a chunk's layer blocks, shifted, as ``(word, layer * dim)`` in ``out``.
+
+    ``out`` is a ``(words, layer, dim)`` buffer with at least as many rows as ``words``.
+    """
+    xp = array_module(blocks[0])
+    rows = out[: len(range(*words.indices(blocks[0].shape[1])))]
+    first = 0
+    for block in blocks:
+        last = first + block.shape[0]
+        xp.subtract(
+            block[:, words].transpose(1, 0, 2), shift[None, first:last], out=rows[:, first:last]
+        )
+        first = last
+    return rows.reshape(len(rows), -1)
 
 
 def _finite_rows(rows: Any, name: str) -> Any:
@@ -221,73 +273,101 @@ def _finite_rows(rows: Any, name: str) -> Any:
     return finite
 
 
-def _chunk_statistics(*blocks: Any, layout: _Layout) -> Any:
-    """One word chunk's contribution to every statistic, as a flat float64 row ``(1, size)``."""
-    if layout.same:
-        block_a, shift_a = blocks
-        x = _stacked_rows(block_a, shift_a, layout.compute_dtype)
-        valid = _finite_rows(x, "A")
-    else:
-        block_a, block_b, shift_a, shift_b = blocks
-        x = _stacked_rows(block_a, shift_a, layout.compute_dtype)
-        y = _stacked_rows(block_b, shift_b, layout.compute_dtype)
-        valid = _finite_rows(x, "A") & _finite_rows(y, "B")
-    xp = array_module(x)
-    n = int(valid.sum())
-    if n < x.shape[0]:
-        x = x[valid]
-        y = None if layout.same else y[valid]
-    out = xp.empty((1, layout.size), dtype=np.float64)
-    offsets = layout.offsets()
+def _add_chunk(total: Any, blocks: list[list[Any]], shifts: list[Any], layout: _Layout) -> Any:
+    """Add one word chunk's statistics into the flat float64 ``total`` (new when ``None``).
 
-    def put(name: str, value: Any) -> None:
-        start, shape = offsets[name]
-        out[0, start : start + int(np.prod(shape))] = value.reshape(-1)
+    ``blocks`` holds the chunk's layer blocks of A (and of B unless A is B). ``total`` has no
+    other consumer, so it is updated in place.
+    """
+    xp = array_module(blocks[0][0])
+    if total is None:
+        total = xp.zeros(layout.size, dtype=np.float64)
+    sums = layout.views(total)
+    scratch = _Scratch(xp, layout.compute_dtype)
+    words = blocks[0][0].shape[1]
+    step = min(words, _PRODUCT_WORDS)
+    (la, _), (lb, _) = layout.shape_a, layout.shape_b
+    for start in range(0, words, step):
+        part = slice(start, start + step)
+        rows = [
+            _stacked_rows(
+                input_blocks, shift, part, scratch.array(f"rows{i}", (step, *shift.shape))
+            )
+            for i, (input_blocks, shift) in enumerate(zip(blocks, shifts, strict=True))
+        ]
+        valid = _finite_rows(rows[0], "A")
+        if not layout.same:
+            valid &= _finite_rows(rows[1], "B")
+        n = int(valid.sum())
+        if n < len(valid):
+            rows = [r[valid] for r in rows]
+        x = y = rows[0]
+        sums["n"] += n
+        sums["dropped"] += len(valid) - n
+        sums["sum_a"] += x.sum(axis=0, dtype=np.float64)
+        if layout.same:
+            sums["gram_a"] += scratch.matmul(x.T, x)  # syrk: x is one buffer
+        else:
+            y = rows[1]
+            sums["sum_b"] += y.sum(axis=0, dtype=np.float64)
+            sums["gram_a"] += scratch.layer_grams(x, la)
+            sums["gram_b"] += scratch.layer_grams(y, lb)
+            sums["cross"] += scratch.matmul(x.T, y)
+        if layout.debiased:
+            norms = _row_norms(x, la)
+            if not layout.same:
+                norms = xp.concatenate([norms, _row_norms(y, lb)], axis=1)
+            sums["a_norms"] += scratch.matmul(x.T, norms)
+            norms64 = norms.astype(np.float64)
+            sums["norms_norms"] += norms64.T @ norms64
+            if not layout.same:
+                sums["b_norms"] += scratch.matmul(y.T, norms)
+    return total
 
-    put("n", xp.asarray([n]))
-    put("dropped", xp.asarray([len(valid) - n]))
-    put("sum_a", x.sum(axis=0, dtype=np.float64))
-    (la, da_), (lb, db) = layout.shape_a, layout.shape_b
-    if layout.same:
-        put("gram_a", x.T @ x)
-    else:
-        put("sum_b", y.sum(axis=0, dtype=np.float64))
-        put("gram_a", xp.stack([_self_product(x[:, i * da_ : (i + 1) * da_]) for i in range(la)]))
-        put("gram_b", xp.stack([_self_product(y[:, j * db : (j + 1) * db]) for j in range(lb)]))
-        put("cross", x.T @ y)
-    if layout.debiased:
-        norms = _row_norms(x, la)
-        if not layout.same:
-            norms = xp.concatenate([norms, _row_norms(y, lb)], axis=1)
-        put("a_norms", x.T @ norms)
-        norms64 = norms.astype(np.float64)
-        put("norms_norms", norms64.T @ norms64)
-        if not layout.same:
-            put("b_norms", y.T @ norms)
-    return out
+
+class _Scratch:
+    """Arrays kept across a chunk's blocks of words, so no large array is allocated per block.
+
+    (Fresh large arrays cost page faults that, on a busy machine, rival the products.)
+    """
+
+    def __init__(self, xp: Any, dtype: np.dtype) -> None:
+        self.xp, self.dtype, self.arrays = xp, dtype, {}
+
+    def array(self, key: str, shape: tuple[int, ...]) -> Any:
+        if (key, shape) not in self.arrays:
+            self.arrays[key, shape] = self.xp.empty(shape, dtype=self.dtype)
+        return self.arrays[key, shape]
+
+    def matmul(self, left: Any, right: Any) -> Any:
+        out = self.array("matmul", (left.shape[0], right.shape[1]))
+        return self.xp.matmul(left, right, out=out)
+
+    def layer_grams(self, rows: Any, layers: int) -> Any:
+        """``XᵢᵀXᵢ`` of each layer's columns of ``rows`` (one syrk each), ``(layers, dim, dim)``."""
+        dim = rows.shape[1] // layers
+        out = self.array("grams", (layers, dim, dim))
+        for i in range(layers):
+            x = rows[:, i * dim : (i + 1) * dim]
+            self.xp.matmul(x.T, x, out=out[i])
+        return out
+
+
+def _add_into(total: Any, other: Any) -> Any:
+    """``total + other``, computed in place: each partial total has exactly one consumer."""
+    total += other
+    return total
 
 
 def _row_norms(rows: Any, layers: int) -> Any:
     """Squared norm of each row's slice per layer, ``(words, layers)``, with no temporary copy."""
-    per_layer = rows.reshape(rows.shape[0], layers, -1)
+    per_layer = rows.reshape(rows.shape[0], layers, rows.shape[1] // layers)
     return array_module(rows).einsum("nld,nld->nl", per_layer, per_layer)
 
 
-def _self_product(x: Any) -> Any:
-    # ``x.T @ x`` on one buffer lets numpy/cupy call syrk (half the flops of gemm).
-    return x.T @ x
-
-
-def _unpack(total: np.ndarray, layout: _Layout) -> dict[str, np.ndarray]:
-    return {
-        name: total[start : start + int(np.prod(shape))].reshape(shape)
-        for name, (start, shape) in layout.offsets().items()
-    }
-
-
 def _finish(total: np.ndarray, layout: _Layout) -> GramStatistics:
-    """Centre the accumulated (shifted) sums and derive the row-norm products."""
-    s = _unpack(total, layout)
+    """Centre the accumulated (shifted) sums and derive the row-norm scratch."""
+    s = layout.views(total)
     n, dropped = int(round(s["n"][0])), int(round(s["dropped"][0]))
     if n < 3:
         raise WordspaceError(

@@ -9,7 +9,7 @@ import xarray as xr
 from wordspace.errors import WordspaceError
 from wordspace.metrics.cca import cca_from_statistics, check_ridge
 from wordspace.metrics.cka import cka_from_statistics
-from wordspace.metrics.statistics import gram_statistics
+from wordspace.metrics.statistics import GramStatistics, gram_statistics
 
 GRID_METRICS = ("cka", "cka_debiased", "cca")
 
@@ -32,18 +32,27 @@ def similarity_grid(
         )
     check_ridge(ridge)
     stats = gram_statistics(a, b, debiased="cka_debiased" in metrics)
+    grids = grids_from_statistics(stats, metrics, ridge)
+    labels_a = _layer_labels(a, stats.n_layers[0])
+    labels_b = _layer_labels(b, stats.n_layers[1])
+    return xr.Dataset(
+        {name: (("layer_a", "layer_b"), grid) for name, grid in grids.items()},
+        coords={"layer_a": labels_a, "layer_b": labels_b},
+        attrs={"n_words": stats.n_words, "n_excluded": stats.n_excluded, "cca_ridge": ridge},
+    )
+
+
+def grids_from_statistics(
+    stats: GramStatistics, metrics: Sequence[str], ridge: float = 0.0
+) -> dict[str, np.ndarray]:
+    """Each metric's ``(La, Lb)`` grid from accumulated statistics (``cka_debiased`` needs
+    statistics accumulated with ``debiased=True``)."""
     finish = {
         "cka": lambda: cka_from_statistics(stats),
         "cka_debiased": lambda: cka_from_statistics(stats, debiased=True),
         "cca": lambda: cca_from_statistics(stats, ridge),
     }
-    labels_a = _layer_labels(a, stats.n_layers[0])
-    labels_b = _layer_labels(b, stats.n_layers[1])
-    return xr.Dataset(
-        {name: (("layer_a", "layer_b"), finish[name]()) for name in metrics},
-        coords={"layer_a": labels_a, "layer_b": labels_b},
-        attrs={"n_words": stats.n_words, "n_excluded": stats.n_excluded, "cca_ridge": ridge},
-    )
+    return {name: finish[name]() for name in metrics}
 
 
 def _layer_labels(x: Any, n_layers: int) -> np.ndarray:

@@ -9,6 +9,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+# Text as text in SVGs: smaller files, drawn faster than glyph outlines.
+matplotlib.rcParams["svg.fonttype"] = "none"
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
@@ -72,24 +74,36 @@ def resampling_groups(words: xr.Dataset | xr.DataArray) -> tuple[np.ndarray, str
     return texts(words["utterance"].values), "utterance"
 
 
-def group_bootstrap(groups: np.ndarray, n_boot: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """`n_boot` resamples of word indices: as many groups as there are, drawn with replacement."""
-    labels, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == index) for index in range(len(labels))]
-    draws = []
-    for _ in range(n_boot):
-        chosen = rng.integers(0, len(labels), size=len(labels))
-        draws.append(np.concatenate([members[index] for index in chosen]))
-    return draws
+def group_bootstrap(groups: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """`(n_boot, groups)` multiplicities of `n_boot` resamples that each draw as many groups as
+    there are, with replacement; columns in the order of `np.unique(groups)`."""
+    n_groups = len(np.unique(groups))
+    draws = [rng.integers(0, n_groups, size=n_groups) for _ in range(n_boot)]
+    return np.array([np.bincount(draw, minlength=n_groups) for draw in draws]).reshape(
+        n_boot, n_groups
+    )
+
+
+def resampled_means(values: np.ndarray, groups: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """`(resamples, rows)`: the mean over the columns (one per item) of `values`, with each
+    item counted as often as its group's weight (`weights` from `group_bootstrap`)."""
+    _, inverse = np.unique(groups, return_inverse=True)
+    sums = np.zeros((weights.shape[1], values.shape[0]))
+    np.add.at(sums, inverse, values.T)
+    return (weights @ sums) / (weights @ np.bincount(inverse, minlength=weights.shape[1]))[:, None]
 
 
 def save_figure(figure: plt.Figure, out_dir: str | os.PathLike, stem: str) -> list[Path]:
-    """Write the figure as PNG and SVG into `out_dir`; returns both paths."""
+    """Write the figure as PNG and SVG into `out_dir`; returns both paths.
+
+    The figures lay themselves out (`layout="constrained"`), so no tight bounding box (an extra
+    draw) is needed, and the layout found for the PNG is kept for the SVG instead of redone."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.png", out / f"{stem}.svg"]
-    figure.savefig(paths[0], dpi=130, bbox_inches="tight")
-    figure.savefig(paths[1], bbox_inches="tight")
+    figure.savefig(paths[0], dpi=130)
+    figure.set_layout_engine("none")
+    figure.savefig(paths[1])
     plt.close(figure)
     return paths
 

@@ -1,9 +1,17 @@
 """Layer curves (study figs. 4.2, 4.5, 4.6): every layer of model A against one layer of model B.
 
-CKA, debiased CKA and CCA come from `similarity_grid`, ASIF from the study's retrieval protocol
-(see `asif_maps`). Confidence bands come from a bootstrap over speakers (utterances when there are
-fewer than ten speakers): the CKA/CCA grid is recomputed on each resample of groups, and the ASIF
-accuracy is re-averaged over the resampled groups' queries.
+CKA, debiased CKA and CCA come from accumulated Gram statistics, ASIF from the study's retrieval
+protocol (see `asif_maps`). Confidence bands come from a bootstrap over speakers (utterances when
+there are fewer than ten speakers). A resample's statistics are its groups' statistics weighted by
+how often each group was drawn, so the groups' statistics are accumulated once and combined for
+every resample (`resampled_statistics`); the ASIF accuracy is re-averaged over the resampled
+groups' queries the same way.
+
+What the bands mean: the spread of each metric over resamples that repeat whole groups. A repeated
+group duplicates its words, which CKA takes in its stride but CCA does not: duplicated rows lower
+the effective number of distinct words per dimension, so CCA, which overfits a few words per
+dimension, reads higher and its band sits above (and is wider than) the full-data value. Read the
+CCA band as the variability of an upward-biased estimate, not as an interval around the curve.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ import numpy as np
 import xarray as xr
 
 from wordspace.errors import WordspaceError
-from wordspace.metrics import similarity_grid
+from wordspace.metrics.grid import grids_from_statistics
+from wordspace.metrics.resample import resampled_statistics
 from wordspace.pipeline.analyses.asif_maps import layer_pair_hits
 from wordspace.pipeline.analyses.common import (
     METRIC_LABELS,
@@ -25,6 +34,7 @@ from wordspace.pipeline.analyses.common import (
     layer_ticks,
     load_model,
     pair_key,
+    resampled_means,
     resampling_groups,
     save_figure,
     select_layer,
@@ -63,18 +73,20 @@ def layer_curves(
     keep = valid_words(a, b)
     a_values, b_values = np.asarray(a)[:, keep], np.asarray(b)[keep][None]
     kept_groups = np.asarray(groups)[keep]
-    curves: dict[str, np.ndarray] = {}
-    samples: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
+    # Row 0 of every `samples` array is the full data (each group once), the rest resamples.
+    samples: dict[str, np.ndarray] = {}
     if grid_metrics:
-        full = similarity_grid(a_values, b_values, metrics=grid_metrics, ridge=ridge)
+        weights = group_bootstrap(kept_groups, n_boot, rng)
+        statistics = resampled_statistics(
+            a_values,
+            b_values,
+            kept_groups,
+            np.vstack([np.ones(weights.shape[1]), weights]),
+            debiased="cka_debiased" in grid_metrics,
+        )
+        grids = [grids_from_statistics(s, grid_metrics, ridge) for s in statistics]
         for metric in grid_metrics:
-            curves[metric] = full[metric].values[:, 0]
-        for draw in group_bootstrap(kept_groups, n_boot, rng):
-            grid = similarity_grid(
-                a_values[:, draw], b_values[:, draw], metrics=grid_metrics, ridge=ridge
-            )
-            for metric in grid_metrics:
-                samples[metric].append(grid[metric].values[:, 0])
+            samples[metric] = np.stack([grid[metric][:, 0] for grid in grids])
     if "asif" in metrics:
         if text is None:
             raise WordspaceError("metrics asif: pass the words' text so hits can be scored")
@@ -82,15 +94,16 @@ def layer_curves(
             a, b, text, k=asif_k, p=asif_p, query_share=query_share, seed=seed
         )
         top1 = hits[:, 0, :, 0].astype(float)
-        curves["asif"] = top1.mean(axis=1)
-        for draw in group_bootstrap(np.asarray(groups)[queries], n_boot, rng):
-            samples["asif"].append(top1[:, draw].mean(axis=1))
+        query_groups = np.asarray(groups)[queries]
+        weights = group_bootstrap(query_groups, n_boot, rng)
+        samples["asif"] = np.vstack(
+            [top1.mean(axis=1), resampled_means(top1, query_groups, weights)]
+        )
     tail = (1 - confidence) / 2
-    value = np.stack([curves[m] for m in metrics])
+    value = np.stack([samples[m][0] for m in metrics])
     if n_boot:
-        stacked = [np.stack(samples[m]) for m in metrics]
-        low = np.stack([np.quantile(s, tail, axis=0) for s in stacked])
-        high = np.stack([np.quantile(s, 1 - tail, axis=0) for s in stacked])
+        low = np.stack([np.quantile(samples[m][1:], tail, axis=0) for m in metrics])
+        high = np.stack([np.quantile(samples[m][1:], 1 - tail, axis=0) for m in metrics])
     else:
         low = high = value
     dims = ("metric", "layer")

@@ -3,26 +3,34 @@
 Grid mode (default): two random models of 13 layers x 768 over 46,906 words (the study's size),
 float32, written to a Zarr store; times (1) the study's ``linear_CKA`` pair by pair on in-memory
 arrays, (2) ``cka_grid`` from the store, (3) ``similarity_grid`` with CKA, debiased CKA and CCA;
-prints each time, GFLOP/s as a share of the single-precision matmul peak measured in this run, and
-the ratios. Scale mode (``--scale``): a 500,000-word store of 13 x 768 float16 against a 300-d
-float32 model on a 2-worker LocalCluster with memory limits; prints time per word from 50,000 to
-500,000 words and the workers' peak resident memory. ``--quick`` shrinks both for a smoke test;
-``--layers N`` keeps the study's words and width with N x N layers (same per-pair work).
+prints each time, GFLOP/s as a share of the single-precision matmul peak measured in this run (on
+the engine's own product shape, just before and just after ``cka_grid``), and the ratios. Scale
+mode (``--scale``): a 500,000-word store of 13 x 768 float16 against a 300-d float32 model on a
+2-worker LocalCluster with memory limits; prints time per word from 50,000 to 500,000 words and
+the peak resident memory of the workers and the client together. ``--quick`` shrinks both for a
+smoke test; ``--layers N`` keeps the study's words and width with N x N layers (same per-pair
+work). Every figure is printed with the load average at the time.
 """
 
 import argparse
 import logging
+import multiprocessing
+import os
 import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dask
 import dask.array as da
 import numpy as np
+import psutil
 import xarray as xr
+from threadpoolctl import threadpool_limits
 
 from wordspace.metrics import cka_grid, similarity_grid
 
@@ -36,23 +44,31 @@ def linear_CKA(X, Y):  # noqa: N802, N803 - the study's function (thesis 3.3.2),
     return hsic / (var1 * var2)
 
 
-def sgemm_peak(repeats: int = 3) -> float:
-    """Best GFLOP/s of a float32 (8192 x 4096)ᵀ (8192 x 4096) product on this machine."""
+def sgemm_peak(words: int, width: int) -> float:
+    """Best float32 GFLOP/s of ``(words x width)ᵀ (words x width)``, the engine's product shape.
+
+    Tried both ways the cores can share it: one product on all BLAS threads, and one
+    single-threaded product per core side by side (as the engine's Dask threads run them).
+    """
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((8192, 4096), dtype=np.float32)
-    b = rng.standard_normal((8192, 4096), dtype=np.float32)
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a.T @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * 8192 * 4096 * 4096 / best / 1e9
+    cores = os.cpu_count() or 1
+    a = [rng.standard_normal((words, width), dtype=np.float32) for _ in range(cores)]
+    flop = 2 * words * width * width
+    _, one_product = timed(lambda: a[0].T @ a[1 % cores])
+    with threadpool_limits(limits=1), ThreadPoolExecutor(cores) as pool:
+        _, side_by_side = timed(lambda: list(pool.map(lambda x: x.T @ x[:, ::-1], a)))
+    return max(flop / one_product, cores * flop / side_by_side) / 1e9
+
+
+def load() -> str:
+    return "load average " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def write_model(path: Path, layers: int, words: int, dim: int, dtype, chunk_words: int, seed):
     """A random (layer, word, dim) `embedding` written chunk by chunk, uncompressed."""
     rng = da.random.default_rng(seed)
-    values = rng.standard_normal((layers, words, dim), chunks=(1, chunk_words, dim)).astype(dtype)
+    shape, chunks = (layers, words, dim), (1, chunk_words, dim)
+    values = rng.standard_normal(shape, chunks=chunks, dtype=np.float32).astype(dtype)
     values = values + da.arange(dim, dtype=dtype) / dim  # non-zero column means
     ds = xr.Dataset({"embedding": (("layer", "word", "dim"), values)})
     ds = ds.assign_coords(layer=np.arange(layers))
@@ -77,23 +93,30 @@ def timed(fn):
 
 def grid_benchmark(root: Path, words: int, layers: int, dim: int) -> None:
     print(f"== grid: {layers} x {layers} layers of {dim}, {words:,} words, float32 Zarr store")
-    peak = sgemm_peak()
-    print(f"sgemm peak measured now: {peak:.0f} GFLOP/s")
     for name, seed in (("a", 1), ("b", 2)):
         write_model(root / name, layers, words, dim, np.float32, 8192, seed)
     a, b = open_model(root / "a"), open_model(root / "b")
     flop = 2 * words * (layers * dim) ** 2  # the cross products alone, as in the issue
 
     study_grid, t_study = study_grid_in_memory(a.values, b.values)
+    print(f"study linear_CKA, pair by pair (in memory): {t_study:7.1f} s  ({load()})")
+    peaks = [sgemm_peak(8192, layers * dim)]
+    print(f"sgemm peak on the engine's product shape: {peaks[0]:.0f} GFLOP/s  ({load()})")
     ours, t_cka = timed(lambda: cka_grid(a, b))
+    print(f"cka_grid from the store (Dask):             {t_cka:7.1f} s  ({load()})")
+    peaks.append(sgemm_peak(8192, layers * dim))
+    print(f"sgemm peak on the engine's product shape: {peaks[1]:.0f} GFLOP/s  ({load()})")
     every, t_all = timed(lambda: similarity_grid(a, b))
+    print(f"similarity_grid cka+cka_debiased+cca:       {t_all:7.1f} s  ({load()})")
     error = np.max(np.abs(ours - study_grid) / np.abs(study_grid))
     assert np.allclose(every["cka"], ours, rtol=1e-10)
+    peak = max(peaks)
 
     def rate(seconds: float) -> str:
         gflops = flop / seconds / 1e9
         return f"{gflops:6.0f} GFLOP/s = {gflops / peak:4.0%} of peak"
 
+    print(f"-- {flop / 1e12:.2f} TFLOP of cross products; peak = the higher of the two: {peak:.0f}")
     print(f"study linear_CKA, pair by pair (in memory): {t_study:7.1f} s  {rate(t_study)}")
     print(f"cka_grid from the store (Dask):             {t_cka:7.1f} s  {rate(t_cka)}")
     print(f"similarity_grid cka+cka_debiased+cca:       {t_all:7.1f} s  {rate(t_all)}")
@@ -103,14 +126,48 @@ def grid_benchmark(root: Path, words: int, layers: int, dim: int) -> None:
     print(f"ratio similarity_grid / cka_grid: {t_all / t_cka:5.2f}x  (goal <= 1.2x)")
 
 
+class PeakRSS:
+    """Peak resident memory of this process, sampled every 50 ms while in the ``with`` block."""
+
+    def __init__(self) -> None:
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        process = psutil.Process()
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, process.memory_info().rss)
+
+    def __enter__(self) -> "PeakRSS":
+        self.peak = psutil.Process().memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def write_in_subprocess(*args) -> None:
+    """``write_model`` in a process of its own, so its memory is not counted as the client's."""
+    process = multiprocessing.get_context("spawn").Process(target=write_model, args=args)
+    process.start()
+    process.join()
+    if process.exitcode != 0:
+        raise RuntimeError(f"writing {args[0]} failed (exit code {process.exitcode})")
+
+
 def scale_benchmark(root: Path, sizes: list[int], memory_limit: str) -> None:
     from distributed import Client, LocalCluster
 
     layers, dim, text_dim = 13, 768, 300
     total = max(sizes)
     print(f"== scale: {layers} x {dim} float16 vs 1 x {text_dim} float32, up to {total:,} words")
-    write_model(root / "speech", layers, total, dim, np.float16, 8192, 3)
-    write_model(root / "text", 1, total, text_dim, np.float32, 8192, 4)
+    _, seconds = timed(
+        lambda: write_in_subprocess(root / "speech", layers, total, dim, np.float16, 8192, 3)
+    )
+    write_in_subprocess(root / "text", 1, total, text_dim, np.float32, 8192, 4)
+    print(f"stores written in {seconds:.0f} s  ({load()})")
     speech, text = open_model(root / "speech"), open_model(root / "text")
     logging.getLogger("distributed.worker.memory").setLevel(logging.ERROR)
     with (
@@ -118,21 +175,29 @@ def scale_benchmark(root: Path, sizes: list[int], memory_limit: str) -> None:
             n_workers=2, threads_per_worker=1, memory_limit=memory_limit, processes=True
         ) as cluster,
         Client(cluster) as client,
+        PeakRSS() as client_memory,
     ):
         print(f"LocalCluster: 2 workers x 1 thread, memory_limit={memory_limit} each")
+        warm = {"word": slice(0, 8192)}
+        _, seconds = timed(lambda: similarity_grid(speech.isel(warm), text.isel(warm)))
+        print(f"  warm-up on 8,192 words (worker imports): {seconds:.1f} s")
         per_word = []
         for n in sizes:
             subset = {"word": slice(0, n)}
             ds, seconds = timed(lambda s=subset: similarity_grid(speech.isel(s), text.isel(s)))
             assert ds.attrs["n_words"] == n
             per_word.append(seconds / n)
-            print(f"  {n:>9,} words: {seconds:7.1f} s  {seconds / n * 1e6:7.2f} us/word")
+            print(
+                f"  {n:>9,} words: {seconds:7.1f} s  {seconds / n * 1e6:7.2f} us/word  ({load()})"
+            )
         peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-        worker_peak = sum(peaks.values()) / 2**20  # ru_maxrss is KiB on Linux
-        print(f"time per word, largest / smallest size: {per_word[-1] / per_word[0]:.2f}x")
-        print(
-            f"peak resident memory of the 2 workers together: {worker_peak:.2f} GiB (goal < 3 GB)"
-        )
+    worker_peak = sum(peaks.values()) * 1024  # ru_maxrss is KiB on Linux
+    print(f"time per word, {sizes[-1]:,} / {sizes[0]:,} words: {per_word[-1] / per_word[0]:.2f}x")
+    print(
+        f"peak resident memory: workers {worker_peak / 1e9:.2f} GB + client "
+        f"{client_memory.peak / 1e9:.2f} GB = {(worker_peak + client_memory.peak) / 1e9:.2f} GB"
+        " (goal < 3 GB)"
+    )
 
 
 def main() -> None:

@@ -123,6 +123,12 @@ def test_every_scheduler_and_chain_count_gives_the_same_grid(small_chunks, sched
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-9)
 
 
+def test_rows_whose_sum_overflows_are_kept_and_nan_rows_dropped():
+    rows = np.array([[3e38, 3e38], [1, np.nan], [1, 2]], dtype=np.float32)
+    with np.errstate(over="ignore"):
+        assert list(statistics_module._finite_rows(rows, "A")) == [True, False, True]
+
+
 def test_canonical_correlations_match_qr_svd():
     rng = np.random.default_rng(3)
     x, y = related_pair(rng, 600, 8, 5)

@@ -141,3 +141,23 @@ def test_report_page_loads_every_figure_in_headless_chromium(study_store, tmp_pa
     assert int(match[1]) == int(match[2]) == len(pngs)
     assert dom.count('data-loaded="yes"') == len(pngs)
     assert shot.stat().st_size > 10_000
+
+
+def test_report_redraws_only_the_figures_whose_results_changed(study_store, tmp_path):
+    from wordspace.pipeline.report import write_report
+    from wordspace.storage.analyses import write_analysis
+
+    url, _ = study_store
+    out = tmp_path / "report"
+    write_report(url, out)
+    drawn = {path.name: path.stat().st_mtime_ns for path in (out / "figures").glob("*.png")}
+    write_report(url, out)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "figures").glob("*.png")} == drawn
+    changed = read_analysis(url, "heatmaps", "speechy")
+    write_analysis(url, "heatmaps", "speechy", changed.assign(cka=changed["cka"] * 0.5))
+    try:
+        write_report(url, out)
+    finally:
+        write_analysis(url, "heatmaps", "speechy", changed)
+    again = {p.name: p.stat().st_mtime_ns for p in (out / "figures").glob("*.png")}
+    assert [name for name in drawn if again[name] != drawn[name]] == ["heatmaps__speechy.png"]

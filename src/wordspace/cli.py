@@ -98,21 +98,32 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _study(args: argparse.Namespace) -> None:
+    from wordspace.pipeline.analyses import analyses_done
     from wordspace.pipeline.analyses import run_study as run_analyses
     from wordspace.pipeline.report import format_headlines, headlines, write_report
-    from wordspace.pipeline.study import extract_and_compare, study_pairs
+    from wordspace.pipeline.study import (
+        extract_and_compare,
+        extraction_and_comparisons_done,
+        study_pairs,
+    )
 
-    plan = study_pairs([model.strip() for model in args.models.split(",") if model.strip()])
-    with _cluster(args) as client:
-        extract_and_compare(
-            args.store,
-            plan,
-            client,
-            seed=args.seed,
-            pack_seconds=args.pack_seconds,
-            gpu=args.gpu,
-        )
-        run_analyses(args.store, n_boot=args.n_boot)
+    models = [model.strip() for model in args.models.split(",") if model.strip()]
+    plan = study_pairs(models, args.store, args.pack_seconds)
+    if extraction_and_comparisons_done(
+        args.store, plan, pack_seconds=args.pack_seconds
+    ) and analyses_done(args.store, n_boot=args.n_boot):
+        print("every extraction, comparison and analysis is in the store already")
+    else:
+        with _cluster(args) as client:
+            extract_and_compare(
+                args.store,
+                plan,
+                client,
+                seed=args.seed,
+                pack_seconds=args.pack_seconds,
+                gpu=args.gpu,
+            )
+            run_analyses(args.store, n_boot=args.n_boot)
     page = write_report(args.store, args.out)
     print(format_headlines(headlines(args.store)))
     print(f"report: {page}")

@@ -5,8 +5,12 @@ headline results and every analysis stored, each figure with a one-line reading.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
+import inspect
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +19,14 @@ import numpy as np
 import xarray as xr
 
 import wordspace
-from wordspace.pipeline.analyses import ANALYSES, plot_results, retrieval_errors, stored_results
+from wordspace.pipeline.analyses import (
+    ANALYSES,
+    figure_stem,
+    plot_results,
+    retrieval_errors,
+    stored_results,
+)
+from wordspace.pipeline.analyses import common as analyses_common
 from wordspace.pipeline.analyses.common import METRIC_LABELS, texts
 from wordspace.storage import store
 
@@ -176,22 +187,73 @@ def _extra(name: str, results: xr.Dataset) -> str:
     return _table(header, retrieval_errors.table_rows(results), "errors") + note
 
 
+def figure_digest(name: str, results: xr.Dataset) -> str:
+    """Fingerprint of what a figure is drawn from: the stored results and the plotting code."""
+    digest = hashlib.sha256()
+    for module in (ANALYSES[name], analyses_common):
+        digest.update(inspect.getsource(module).encode())
+    digest.update(repr(sorted(results.attrs.items())).encode())
+    for variable_name, variable in sorted(results.variables.items()):
+        values = np.asarray(variable.values)
+        digest.update(f"{variable_name}{variable.dims}{values.dtype}{values.shape}".encode())
+        if values.dtype.kind in "OUS":
+            digest.update("\x1f".join(map(str, values.ravel())).encode())
+        else:
+            digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.hexdigest()
+
+
+def draw_figures(
+    entries: list[tuple[str, str, xr.Dataset]], figures_dir: Path
+) -> dict[tuple[str, str], tuple[Path, Path]]:
+    """PNG and SVG of each (analysis, key, results); a figure whose inputs are unchanged since it
+    was drawn (same digest, beside it as `<stem>.digest`) is kept, the others are drawn in
+    parallel processes."""
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    paths, stale = {}, []
+    for name, key, results in entries:
+        stem = figure_stem(name, key)
+        png, svg, mark = (figures_dir / f"{stem}.{kind}" for kind in ("png", "svg", "digest"))
+        digest = figure_digest(name, results)
+        paths[name, key] = (png, svg)
+        if not (png.exists() and svg.exists() and mark.exists() and mark.read_text() == digest):
+            mark.unlink(missing_ok=True)
+            stale.append((name, key, results, figures_dir, mark, digest))
+    workers = min(len(stale), os.cpu_count() or 1)
+    if workers > 1:
+        # fork: the children start with matplotlib and the analyses already imported.
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            list(pool.map(_draw, stale))
+    else:
+        for job in stale:
+            _draw(job)
+    return paths
+
+
+def _draw(job: tuple[str, str, xr.Dataset, Path, Path, str]) -> None:
+    name, key, results, figures_dir, mark, digest = job
+    plot_results(name, key, results, figures_dir)
+    mark.write_text(digest)
+
+
 def write_report(url: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Write `index.html` and `figures/*.png|svg` into `out_dir`; returns the page's path."""
     url = str(url)
     out = Path(out_dir)
-    figures_dir = out / "figures"
     summary = corpus_summary(url)
     models = model_rows(url)
     best = headlines(url)
+    stored = stored_results(url)
+    figures = draw_figures(stored, out / "figures")
     sections, toc = [], []
     for name in ANALYSES:
-        entries = [(key, results) for n, key, results in stored_results(url) if n == name]
+        entries = [(key, results) for n, key, results in stored if n == name]
         if not entries:
             continue
         blocks = []
         for key, results in entries:
-            png, svg = plot_results(name, key, results, figures_dir)
+            png, svg = figures[name, key]
             blocks.append(
                 _figure(png, svg, ANALYSES[name].reading(results), key.replace("__", " vs "))
                 + _extra(name, results)

@@ -12,7 +12,7 @@ from distributed import Client
 
 from wordspace.cluster import torch_device
 from wordspace.pipeline.compare import compare_models
-from wordspace.pipeline.extract import extract_model
+from wordspace.pipeline.extract import extract_model, group_name
 from wordspace.pipeline.models.registry import build_model
 from wordspace.storage import store
 
@@ -27,15 +27,56 @@ class StudyPlan:
     pairs: tuple[tuple[str, str], ...]
 
 
-def study_pairs(models: Sequence[str]) -> StudyPlan:
-    """The study's pairs: each audio model against each text model, and each model with itself."""
-    adapters = {model: build_model(model) for model in models}
-    audio = [model for model in models if adapters[model].modality == "audio"]
-    text = [model for model in models if adapters[model].modality != "audio"]
+def study_pairs(
+    models: Sequence[str], store_url: str | None = None, pack_seconds: float = 0.0
+) -> StudyPlan:
+    """The study's pairs: each audio model against each text model, and each model with itself.
+
+    A model already extracted into `store_url` is described from the store, without loading
+    its adapter (and the libraries behind it)."""
+    facts = {}
+    for model in models:
+        if store_url is not None and model_extracted(store_url, model, pack_seconds):
+            group = group_name(model)
+            modality = store.model_attrs(store_url, group).get("modality", "audio")
+            facts[model] = modality, store.open_embedding(store_url, group).sizes["layer"]
+        else:
+            adapter = build_model(model)
+            facts[model] = adapter.modality, len(adapter.layer_names)
+    audio = [model for model in models if facts[model][0] == "audio"]
+    text = [model for model in models if facts[model][0] != "audio"]
     # A single-layer model against itself is one trivial cell.
-    layered = [model for model in models if len(adapters[model].layer_names) > 1]
+    layered = [model for model in models if facts[model][1] > 1]
     pairs = [(a, b) for a in audio for b in text] + [(model, model) for model in layered]
     return StudyPlan(tuple(models), tuple(pairs))
+
+
+def model_extracted(store_url: str, model: str, pack_seconds: float) -> bool:
+    """Whether every block of `model` is in the store, extracted with this context packing."""
+    group = group_name(model)
+    return (
+        group in store.list_groups(store_url, "models")
+        and not store.incomplete_blocks(store_url, group)
+        and store.model_attrs(store_url, group).get("pack_seconds", 0.0) == pack_seconds
+    )
+
+
+def extraction_and_comparisons_done(
+    store_url: str,
+    plan: StudyPlan,
+    *,
+    metrics: Sequence[str] = STUDY_METRICS,
+    pack_seconds: float = 0.0,
+) -> bool:
+    """Whether the store holds every extraction and comparison of `plan`: then no cluster is
+    needed for them."""
+    return all(model_extracted(store_url, m, pack_seconds) for m in plan.models) and all(
+        _comparison_done(store_url, a, b, _pair_metrics(a, b, metrics)) for a, b in plan.pairs
+    )
+
+
+def _pair_metrics(a: str, b: str, metrics: Sequence[str]) -> list[str]:
+    return [m for m in metrics if not (a == b and m == "asif")]
 
 
 def _comparison_done(store_url: str, a: str, b: str, metrics: Sequence[str]) -> bool:
@@ -76,7 +117,7 @@ def extract_and_compare(
         )
         print(log[-1], flush=True)
     for a, b in plan.pairs:
-        pair_metrics = [m for m in metrics if not (a == b and m == "asif")]
+        pair_metrics = _pair_metrics(a, b, metrics)
         if _comparison_done(store_url, a, b, pair_metrics):
             log.append(f"compare {a} × {b}: already in the store")
         else:

@@ -113,23 +113,17 @@ def plot_results(
     return ANALYSES[name].plot(results, out_dir, figure_stem(name, key))
 
 
-def run_study(
-    url: str | os.PathLike,
-    *,
-    n_boot: int = 50,
-    progress: Callable[[str], None] = print,
-) -> list[tuple[str, str]]:
-    """Every analysis for the store's models the way the study runs them: each audio model
-    against each text model (curves against the text model's last layer, stability, heatmaps,
-    ASIF), each model within itself, then retrieval errors and phonetic vs semantic per text
-    model. Results already stored are kept. Returns the (analysis, key) pairs now stored."""
+def study_jobs(url: str | os.PathLike, *, n_boot: int = 50) -> list[tuple[str, str, dict]]:
+    """(analysis, key, options) of every analysis the study runs on the store's models: each
+    audio model against each text model (curves against the text model's last layer,
+    stability, heatmaps, ASIF), each model within itself, then retrieval errors and phonetic vs
+    semantic per text model."""
     url = str(url)
     models = store.list_groups(url, "models")
     modality = {m: store.model_attrs(url, m).get("modality", "audio") for m in models}
     texts = [m for m in models if modality[m] in TEXT_MODALITIES]
     audios = [m for m in models if m not in texts]
     static = [m for m in texts if modality[m] == "static"]
-    have = list_analyses(url)
     layered = [m for m in models if store.open_embedding(url, m).sizes["layer"] > 1]
     jobs: list[tuple[str, str, dict[str, Any]]] = [(heatmaps.NAME, m, {"a": m}) for m in layered]
     for audio in audios:
@@ -148,12 +142,31 @@ def run_study(
         jobs.append((retrieval_errors.NAME, text, {"b": text, "models": audios}))
     for text in static if audios else []:
         jobs.append((phonetic_semantic.NAME, text, {"b": text, "models": audios}))
+    return jobs
+
+
+def analyses_done(url: str | os.PathLike, *, n_boot: int = 50) -> bool:
+    """Whether every analysis of `study_jobs` is stored."""
+    have = list_analyses(url)
+    return all(key in have.get(name, []) for name, key, _ in study_jobs(url, n_boot=n_boot))
+
+
+def run_study(
+    url: str | os.PathLike,
+    *,
+    n_boot: int = 50,
+    progress: Callable[[str], None] = print,
+) -> list[tuple[str, str]]:
+    """Every analysis of `study_jobs`; results already stored are kept. Returns the
+    (analysis, key) pairs now stored."""
+    have = list_analyses(url)
+    jobs = study_jobs(url, n_boot=n_boot)
     done = []
     for index, (name, key, options) in enumerate(jobs, start=1):
         label = f"[{index}/{len(jobs)}] {name} {key}"
         if key in have.get(name, []):
             progress(f"{label}: stored already")
         else:
-            progress(f"{label}: {ANALYSES[name].reading(run_analysis(name, url, **options))}")
+            progress(f"{label}: {ANALYSES[name].reading(run_analysis(name, str(url), **options))}")
         done.append((name, key))
     return done

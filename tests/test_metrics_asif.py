@@ -13,6 +13,7 @@ from wordspace.metrics import (
     asif_retrieve,
     asif_study_protocol,
     asif_sweep,
+    topk,
 )
 from wordspace.metrics.topk import (
     anchor_major,
@@ -118,7 +119,9 @@ def test_running_top_and_its_reduction_match_a_full_sort(seed):
     np.testing.assert_array_equal(reduced[0], np.take_along_axis(values, reduced[1], axis=1))
 
 
-def test_sparse_matrix_path_matches_the_kernel():
+@pytest.mark.parametrize("slab_rows", [2, 1000])
+def test_sparse_matrix_path_matches_the_kernel(monkeypatch, slab_rows):
+    monkeypatch.setattr(topk, "DENSE_QUERY_BYTES", slab_rows * 60 * 8)
     rng = np.random.default_rng(3)
     cols = [np.sort(rng.permuted(np.tile(np.arange(60), (n, 1)), axis=1)[:, :8]) for n in (9, 30)]
     vals = [rng.random(c.shape) for c in cols]

@@ -250,19 +250,29 @@ def sparse_scores_top(
     return out_vals, out_items
 
 
+DENSE_QUERY_BYTES = 1 << 28
+"""Largest dense slab of query rows the sparse-matrix path expands at once."""
+
+
 def sparse_matrix_scores_top(
     q_cols: Any, q_vals: Any, c_cols: Any, c_vals: Any, n_anchors: int, top: int, sparse: Any
 ) -> TopState:
     """As :func:`sparse_scores_top` through a sparse-matrix module (cupyx.scipy.sparse on GPU).
 
-    The result is a valid top-k state (ties in item order) but not sorted best first.
+    The candidates stay sparse and the queries are expanded to dense rows a slab at a time, so
+    the product is one sparse x dense multiplication (SpMM) per slab: a sparse x sparse product
+    would have a nearly dense result, which GPU sparse libraries build slowly. The result is a
+    valid top-k state (ties in item order) but not sorted best first.
     """
     xp = array_module(q_vals)
-
-    def csr(cols: Any, vals: Any) -> Any:
-        n, nnz = cols.shape
-        indptr = xp.arange(0, n * nnz + 1, nnz)
-        return sparse.csr_matrix((vals.ravel(), cols.ravel(), indptr), shape=(n, n_anchors))
-
-    scores = (csr(q_cols, q_vals) @ csr(c_cols, c_vals).T).toarray()
-    return merge_top(None, scores, top)
+    n_cand, nnz = c_cols.shape
+    indptr = xp.arange(0, n_cand * nnz + 1, nnz)
+    candidates = sparse.csr_matrix((c_vals.ravel(), c_cols.ravel(), indptr), (n_cand, n_anchors))
+    slab = max(1, DENSE_QUERY_BYTES // (n_anchors * q_vals.dtype.itemsize))
+    tops = []
+    for start in range(0, q_cols.shape[0], slab):
+        cols, vals = q_cols[start : start + slab], q_vals[start : start + slab]
+        dense = xp.zeros((cols.shape[0], n_anchors), dtype=q_vals.dtype)
+        dense[xp.arange(cols.shape[0])[:, None], cols] = vals
+        tops.append(merge_top(None, xp.ascontiguousarray((candidates @ dense.T).T), top))
+    return xp.concatenate([t[0] for t in tops]), xp.concatenate([t[1] for t in tops])

@@ -12,6 +12,8 @@ CPU. Each part prints PASS or FAIL and the run exits non-zero if any part failed
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import shutil
 import subprocess
 import sys
@@ -98,7 +100,10 @@ def retrieval(n_anchors: int, n_queries: int, dim: int, k: int, p: float) -> Non
     expected, cpu_time = timed(asif_retrieve, *args, k=k, p=p)
     gpu_args = [cupy.asarray(v) for v in args]
     timed(asif_retrieve, *(v[:2000] for v in gpu_args), k=k, p=p)  # warm-up
-    found, gpu_time = timed(asif_retrieve, *gpu_args, k=k, p=p)
+    profiler = cProfile.Profile()  # in this thread: one GPU needs no scheduler threads
+    with dask.config.set(scheduler="synchronous"):
+        found, gpu_time = profiler.runcall(timed, asif_retrieve, *gpu_args, k=k, p=p)
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(8)
     same_rows = float((found == expected).all(axis=1).mean())
     same_top1 = float((found[:, 0] == expected[:, 0]).mean())
     check(

@@ -6,9 +6,10 @@ CKA, sums built from the rows' squared norms. The layers of a block of words are
 side, ``(words, layers * dim)``, so every cross product of a block is one BLAS ``gemm`` (and, when
 A is B, one ``syrk``). No ``n × n`` matrix ever exists.
 
-The pass. Word chunks are dealt round-robin to as many chains of tasks as the active Dask
-scheduler runs at once; each task adds its chunk into its chain's float64 totals in place, and the
-chains' totals are added pairwise at the end. So each chain allocates its totals once, however
+The pass. The words are cut into as many equal, contiguous shares as the active Dask scheduler
+runs tasks at once, and each share is a chain of tasks, one per word chunk (or part of a chunk)
+in it; each task adds its words into its chain's float64 totals in place, and the chains' totals
+are added pairwise at the end. So each chain allocates its totals once, however
 many chunks it reads, and memory is bounded by the size of the statistics, not by n. With the
 local threaded scheduler each task gets an equal share of the cores' BLAS threads (distributed
 workers already run single-threaded BLAS), so Dask threads and BLAS threads never oversubscribe.
@@ -199,12 +200,13 @@ def gram_statistics(a: Any, b: Any, debiased: bool = False) -> GramStatistics:
     chunks = list(zip(*[_layer_blocks_per_chunk(stack) for stack in stacks], strict=True))
     shifts = [delayed(_column_shift)(blocks, compute_dtype) for blocks in chunks[0]]
     scheduler = dask.base.get_scheduler(collections=shifts)
-    chains = min(len(chunks), _concurrent_tasks(scheduler))
+    # Each chain holds a copy of the totals: no more chains than blocks of products.
+    chains = max(1, min(_concurrent_tasks(scheduler), stack_a.shape[1] // _PRODUCT_WORDS))
     totals = []
-    for chain in range(chains):
+    for share in _equal_shares(stack_a.chunks[1], chains):
         total = None
-        for blocks in chunks[chain::chains]:
-            total = delayed(_add_chunk)(total, blocks, shifts, layout)
+        for chunk, words in share:
+            total = delayed(_add_words)(total, chunks[chunk], words, shifts, layout)
         totals.append(total)
     while len(totals) > 1:
         pairs = [totals[i : i + 2] for i in range(0, len(totals), 2)]
@@ -216,6 +218,23 @@ def _layer_blocks_per_chunk(stack: da.Array) -> list[list[Delayed]]:
     """For each word chunk of a ``(layer, word, dim)`` array, its blocks of layers, in order."""
     blocks = stack.to_delayed()
     return [list(blocks[:, word, 0]) for word in range(blocks.shape[1])]
+
+
+def _equal_shares(chunk_words: tuple[int, ...], shares: int) -> list[list[tuple[int, slice]]]:
+    """Cut the words into ``shares`` equal contiguous runs: each a list of ``(chunk, words in
+    the chunk)``, so that chains of tasks finish together whatever the chunk sizes."""
+    bounds = np.cumsum((0, *chunk_words)).tolist()
+    result = []
+    for share in range(shares):
+        start, stop = share * bounds[-1] // shares, (share + 1) * bounds[-1] // shares
+        result.append(
+            [
+                (chunk, slice(max(start, first) - first, min(stop, last) - first))
+                for chunk, (first, last) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
+                if max(start, first) < min(stop, last)
+            ]
+        )
+    return result
 
 
 def _concurrent_tasks(scheduler: Any) -> int:
@@ -278,8 +297,10 @@ def _finite_rows(rows: Any, name: str) -> Any:
     return finite
 
 
-def _add_chunk(total: Any, blocks: list[list[Any]], shifts: list[Any], layout: _Layout) -> Any:
-    """Add one word chunk's statistics into the flat float64 ``total`` (new when ``None``).
+def _add_words(
+    total: Any, blocks: list[list[Any]], words: slice, shifts: list[Any], layout: _Layout
+) -> Any:
+    """Add the statistics of ``words`` of a chunk into the flat float64 ``total`` (new if None).
 
     ``blocks`` holds the chunk's layer blocks of A (and of B unless A is B). ``total`` has no
     other consumer, so it is updated in place.
@@ -289,11 +310,10 @@ def _add_chunk(total: Any, blocks: list[list[Any]], shifts: list[Any], layout: _
         total = xp.zeros(layout.size, dtype=np.float64)
     sums = layout.views(total)
     scratch = _Scratch(xp, layout.compute_dtype)
-    words = blocks[0][0].shape[1]
-    step = min(words, _PRODUCT_WORDS)
+    step = min(words.stop - words.start, _PRODUCT_WORDS)
     (la, _), (lb, _) = layout.shape_a, layout.shape_b
-    for start in range(0, words, step):
-        part = slice(start, start + step)
+    for start in range(words.start, words.stop, step):
+        part = slice(start, min(start + step, words.stop))
         rows = [
             _stacked_rows(
                 input_blocks, shift, part, scratch.array(f"rows{i}", (step, *shift.shape))

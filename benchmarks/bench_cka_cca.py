@@ -91,7 +91,11 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
-def grid_benchmark(root: Path, words: int, layers: int, dim: int) -> None:
+def grid_benchmark(root: Path, words: int, layers: int, dim: int, repeats: int) -> None:
+    """Times the study's function once, ``cka_grid`` ``repeats`` times with the sgemm peak
+    measured before each run and after the last, then ``similarity_grid`` once. On a machine
+    whose speed drifts, the share of peak compares the best run with the best peak; the ratios
+    use the median ``cka_grid`` run."""
     print(f"== grid: {layers} x {layers} layers of {dim}, {words:,} words, float32 Zarr store")
     for name, seed in (("a", 1), ("b", 2)):
         write_model(root / name, layers, words, dim, np.float32, 8192, seed)
@@ -100,30 +104,38 @@ def grid_benchmark(root: Path, words: int, layers: int, dim: int) -> None:
 
     study_grid, t_study = study_grid_in_memory(a.values, b.values)
     print(f"study linear_CKA, pair by pair (in memory): {t_study:7.1f} s  ({load()})")
-    peaks = [sgemm_peak(8192, layers * dim)]
-    print(f"sgemm peak on the engine's product shape: {peaks[0]:.0f} GFLOP/s  ({load()})")
-    ours, t_cka = timed(lambda: cka_grid(a, b))
-    print(f"cka_grid from the store (Dask):             {t_cka:7.1f} s  ({load()})")
-    peaks.append(sgemm_peak(8192, layers * dim))
-    print(f"sgemm peak on the engine's product shape: {peaks[1]:.0f} GFLOP/s  ({load()})")
+    peaks, cka_times = [], []
+
+    def measure_peak() -> None:
+        peaks.append(sgemm_peak(8192, layers * dim))
+        print(f"sgemm peak on the engine's product shape: {peaks[-1]:.0f} GFLOP/s  ({load()})")
+
+    for _ in range(repeats):
+        measure_peak()
+        ours, seconds = timed(lambda: cka_grid(a, b))
+        cka_times.append(seconds)
+        print(f"cka_grid from the store (Dask):             {seconds:7.1f} s  ({load()})")
+    measure_peak()
     every, t_all = timed(lambda: similarity_grid(a, b))
     print(f"similarity_grid cka+cka_debiased+cca:       {t_all:7.1f} s  ({load()})")
     error = np.max(np.abs(ours - study_grid) / np.abs(study_grid))
     assert np.allclose(every["cka"], ours, rtol=1e-10)
-    peak = max(peaks)
+    peak, t_best, t_cka = max(peaks), min(cka_times), float(np.median(cka_times))
 
     def rate(seconds: float) -> str:
         gflops = flop / seconds / 1e9
         return f"{gflops:6.0f} GFLOP/s = {gflops / peak:4.0%} of peak"
 
-    print(f"-- {flop / 1e12:.2f} TFLOP of cross products; peak = the higher of the two: {peak:.0f}")
+    print(f"-- {flop / 1e12:.2f} TFLOP of cross products; best sgemm peak {peak:.0f} GFLOP/s")
     print(f"study linear_CKA, pair by pair (in memory): {t_study:7.1f} s  {rate(t_study)}")
-    print(f"cka_grid from the store (Dask):             {t_cka:7.1f} s  {rate(t_cka)}")
+    print(f"{f'cka_grid, best of {repeats}:':44}{t_best:7.1f} s  {rate(t_best)}")
+    print(f"{f'cka_grid, median of {repeats}:':44}{t_cka:7.1f} s  {rate(t_cka)}")
     print(f"similarity_grid cka+cka_debiased+cca:       {t_all:7.1f} s  {rate(t_all)}")
     print(f"max relative difference cka_grid vs study: {error:.1e}")
-    print(f"ratio study / cka_grid:           {t_study / t_cka:5.2f}x  (goal >= 1.9x)")
-    print(f"cka_grid share of sgemm peak:     {flop / t_cka / 1e9 / peak:5.0%}  (goal >= 80%)")
-    print(f"ratio similarity_grid / cka_grid: {t_all / t_cka:5.2f}x  (goal <= 1.2x)")
+    print(f"ratio study / cka_grid (median):  {t_study / t_cka:5.2f}x  (goal >= 1.9x)")
+    share = flop / t_best / 1e9 / peak
+    print(f"cka_grid share of sgemm peak (best / best): {share:5.0%}  (goal >= 80%)")
+    print(f"ratio similarity_grid / cka_grid (median): {t_all / t_cka:5.2f}x  (goal <= 1.2x)")
 
 
 class PeakRSS:
@@ -207,6 +219,7 @@ def main() -> None:
     parser.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--dir", type=Path, default=None, help="where to write the Zarr stores")
     parser.add_argument("--layers", type=int, default=13, help="layers per model in grid mode")
+    parser.add_argument("--repeats", type=int, default=3, help="cka_grid runs in grid mode")
     parser.add_argument("--memory-limit", default="1.4GiB", help="per worker in scale mode")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
@@ -215,9 +228,9 @@ def main() -> None:
         dask.config.set(scheduler="threads")
         if args.grid:
             if args.quick:
-                grid_benchmark(root / "grid", words=12_000, layers=4, dim=256)
+                grid_benchmark(root / "grid", 12_000, 4, 256, args.repeats)
             else:
-                grid_benchmark(root / "grid", words=46_906, layers=args.layers, dim=768)
+                grid_benchmark(root / "grid", 46_906, args.layers, 768, args.repeats)
         if args.scale:
             sizes = [10_000, 20_000, 40_000] if args.quick else [50_000, 100_000, 200_000, 500_000]
             scale_benchmark(root / "scale", sizes, args.memory_limit)

@@ -40,20 +40,34 @@ STUDY_GRID: tuple[tuple[int, int], ...] = (
 DEFAULT_CHUNK = 2048
 ANCHOR_BLOCK_ROWS = 4
 """Anchor blocks hold this many row chunks: fewer, larger gemms and top-k merges."""
+CANDIDATE_LOOKAHEAD = 4
+"""Candidate blocks whose relative representations may be ahead of the score chain."""
 
 
 def _data(x: Any) -> Any:
     return x.data if isinstance(x, xr.DataArray) else x
 
 
-def _as_dask(x: Any, name: str) -> da.Array:
+def _view_blocks(x: Any, rows: int) -> da.Array:
+    """A numpy or cupy array as a dask array of ``rows``-long blocks along its first axis that
+    are views of it (``da.from_array`` and dask's slicing would copy the caller's array)."""
+    starts = range(0, max(len(x), 1), rows)
+    blocks = [
+        da.from_delayed(dask.delayed(x[i : i + rows], pure=False), x[i : i + rows].shape,
+                        dtype=x.dtype, meta=x[:0])
+        for i in starts
+    ]  # fmt: skip
+    return da.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+
+
+def _as_dask(x: Any, name: str, rows: int) -> da.Array:
     x = _data(x)
-    if not isinstance(x, da.Array):
-        if not hasattr(x, "shape"):
-            x = np.asarray(x)
-        x = da.from_array(x, chunks=x.shape, name=False)
+    if not hasattr(x, "shape"):
+        x = np.asarray(x)
     if x.ndim != 2 or x.shape[1] == 0:
         raise WordspaceError(f"{name}: expected a (rows, dim) array, got shape {x.shape}")
+    if not isinstance(x, da.Array):
+        x = _view_blocks(x, rows)
     if not np.issubdtype(x.dtype, np.floating):
         raise WordspaceError(f"{name}: expected floating-point values, got {x.dtype}")
     return x
@@ -66,29 +80,33 @@ def _unit_rows(x: Any, dtype: Any) -> Any:
     return x / xp.where(norm > 0, norm, 1)
 
 
-def _blocks(x: da.Array, dtype: Any, chunk: int) -> tuple[list[Any], list[int]]:
-    x = x.rechunk((chunk, -1)).map_blocks(_unit_rows, dtype, dtype=dtype)
+def _blocks(x: da.Array, chunk: int) -> tuple[list[Any], list[int]]:
+    x = x.rechunk((chunk, -1))
     offsets = np.concatenate([[0], np.cumsum(x.chunks[0])[:-1]]).tolist()
     return list(x.to_delayed().ravel()), offsets
 
 
 def _relative_step(
-    state: TopState | None, rows: Any, anchors: Any, offset: int, k: int
+    state: TopState | None, rows: Any, anchors: Any, offset: int, k: int, dtype: Any
 ) -> TopState:
-    values, items = merge_top(state, rows @ anchors.T, k, offset=offset)
+    # normalised here rather than once per block: no normalised copy of the inputs stays alive
+    cosines = _unit_rows(rows, dtype) @ _unit_rows(anchors, dtype).T
+    values, items = merge_top(state, cosines, k, offset=offset)
     return values, items.astype(np.int32, copy=False)
 
 
-def _relative_states(rows: list[Any], anchors: list[Any], offsets: list[int], k: int) -> list[Any]:
-    """Per row block, the delayed top-k cosines to the anchors, in anchor order."""
+def _relative_state(rows: Any, anchors: list[Any], offsets: list[int], k: int, dtype: Any) -> Any:
+    """The delayed top-k cosines of a row block to the anchors, in anchor order."""
     step = dask.delayed(_relative_step, pure=True)
-    states = []
-    for block in rows:
-        state = None
-        for anchor_block, offset in zip(anchors, offsets, strict=True):
-            state = step(state, block, anchor_block, offset, k)
-        states.append(state)
-    return states
+    state = None
+    for anchor_block, offset in zip(anchors, offsets, strict=True):
+        state = step(state, rows, anchor_block, offset, k, dtype)
+    return state
+
+
+def _after(value: Any, *earlier: Any) -> Any:
+    """``value``, once the ``earlier`` tasks are done: orders tasks without passing data."""
+    return value
 
 
 def _weights(state: TopState, cells: Sequence[tuple[int, float]]) -> list[TopState]:
@@ -114,53 +132,75 @@ def _candidate_side(state: TopState, cells: Sequence[tuple[int, float]], n_ancho
 
 
 def _score_step(
-    states: list[TopState] | None,
-    queries: list[TopState],
-    candidates: list[Any],
+    states: list[list[TopState]] | None,
+    q_sides: list[list[TopState]],
+    c_side: list[Any],
     offset: int,
     top: int,
     n_anchors: int,
-) -> list[TopState]:
+) -> list[list[TopState]]:
+    """Fold one candidate block into the running top of every query block and cell."""
     merged = []
-    for i, ((q_cols, q_weights), prepared) in enumerate(zip(queries, candidates, strict=True)):
-        if array_module(q_weights) is np:
-            block = sparse_scores_top(q_cols, q_weights, prepared, top)
-        else:
-            import cupyx.scipy.sparse
+    for i, q_side in enumerate(q_sides):
+        cell_states = []
+        for j, ((q_cols, q_weights), prepared) in enumerate(zip(q_side, c_side, strict=True)):
+            if array_module(q_weights) is np:
+                block = sparse_scores_top(q_cols, q_weights, prepared, top)
+            else:
+                import cupyx.scipy.sparse
 
-            block = sparse_matrix_scores_top(
-                q_cols, q_weights, *prepared, n_anchors, top, cupyx.scipy.sparse
-            )
-        state = None if states is None else states[i]
-        merged.append(merge_top(state, block[0], top, items=block[1] + offset))
+                block = sparse_matrix_scores_top(
+                    q_cols, q_weights, *prepared, n_anchors, top, cupyx.scipy.sparse
+                )
+            state = None if states is None else states[i][j]
+            cell_states.append(merge_top(state, block[0], top, items=block[1] + offset))
+        merged.append(cell_states)
     return merged
 
 
-def _ranked(states: list[TopState]) -> np.ndarray:
-    return np.stack([to_numpy(ranked_items(state)) for state in states])
+def _ranked(states: list[list[TopState]], n_layers: int) -> np.ndarray:
+    """(query layers, cells, queries, top) from the final states, listed by (layer, block)."""
+    per_block = [
+        np.stack([to_numpy(ranked_items(state)) for state in cell_states]) for cell_states in states
+    ]
+    n_blocks = len(per_block) // n_layers
+    return np.stack(
+        [
+            np.concatenate(per_block[i * n_blocks : (i + 1) * n_blocks], axis=1)
+            for i in range(n_layers)
+        ]
+    )
 
 
-def _score_graph(
-    q_states: list[Any],
-    c_states: list[Any],
+def _candidate_pass(
+    q_sides: list[Any],
+    candidate_blocks: list[Any],
     c_offsets: list[int],
+    anchors: tuple[list[Any], list[int]],
     cells: Sequence[tuple[int, float]],
     top: int,
+    k: int,
+    dtype: Any,
     n_anchors: int,
+    n_layers: int,
 ) -> Any:
-    """Delayed (cells, queries, top) candidate positions for one layer pair."""
+    """Delayed (query layers, cells, queries, top) candidate positions for one candidate layer.
+
+    Its candidate blocks go through one chain: each block's relative representations are
+    scored against every query block of every query layer (``q_sides``, by layer then block),
+    then dropped. A block's gemms wait until the chain is ``CANDIDATE_LOOKAHEAD`` blocks behind,
+    so the candidate side is never whole in memory, whatever order the scheduler picks.
+    """
+    side = dask.delayed(_candidate_side, pure=True)
     step = dask.delayed(_score_step, pure=True)
-    c_sides = [
-        dask.delayed(_candidate_side, pure=True)(c_state, cells, n_anchors) for c_state in c_states
-    ]
-    per_block = []
-    for q_state in q_states:
-        q_side = dask.delayed(_weights, pure=True)(q_state, cells)
-        states = None
-        for c_side, offset in zip(c_sides, c_offsets, strict=True):
-            states = step(states, q_side, c_side, offset, top, n_anchors)
-        per_block.append(dask.delayed(_ranked, pure=True)(states))
-    return dask.delayed(np.concatenate, pure=True)(per_block, axis=1)
+    states, chain = None, []
+    for i, (block, offset) in enumerate(zip(candidate_blocks, c_offsets, strict=True)):
+        if i >= CANDIDATE_LOOKAHEAD:
+            block = dask.delayed(_after, pure=True)(block, chain[i - CANDIDATE_LOOKAHEAD])
+        c_state = _relative_state(block, *anchors, k, dtype)
+        states = step(states, q_sides, side(c_state, cells, n_anchors), offset, top, n_anchors)
+        chain.append(states)
+    return dask.delayed(_ranked, pure=True)(states, n_layers)
 
 
 def _valid_rows(arrays: list[da.Array]) -> Any:
@@ -208,8 +248,15 @@ def _retrieve_grid(
         raise WordspaceError(f"top: must be at least 1, got {top}")
     if chunk < 1:
         raise WordspaceError(f"chunk: must be at least 1, got {chunk}")
-    xs = [(_as_dask(a, "anchors_x"), _as_dask(q, "queries_x")) for a, q in x_layers]
-    ys = [(_as_dask(a, "anchors_y"), _as_dask(c, "candidates_y")) for a, c in y_layers]
+    anchor_chunk = chunk * ANCHOR_BLOCK_ROWS
+    xs = [
+        (_as_dask(a, "anchors_x", anchor_chunk), _as_dask(q, "queries_x", chunk))
+        for a, q in x_layers
+    ]
+    ys = [
+        (_as_dask(a, "anchors_y", anchor_chunk), _as_dask(c, "candidates_y", chunk))
+        for a, c in y_layers
+    ]
     n_anchors, n_queries, n_candidates = xs[0][0].shape[0], xs[0][1].shape[0], ys[0][1].shape[0]
     for a, q in xs:
         if a.shape[1] != q.shape[1]:
@@ -270,25 +317,26 @@ def _retrieve_grid(
         return x if ok.all() else x[ok]
 
     dtype = np.result_type(np.float32, *(x.dtype for pair in xs + ys for x in pair))
-    anchor_chunk = chunk * ANCHOR_BLOCK_ROWS
-    q_states, c_states = [], []
+    q_sides = []
     for anchors, queries in xs:
-        anchor_blocks, offsets = _blocks(rows(anchors, anchor_ok), dtype, anchor_chunk)
-        query_blocks, _ = _blocks(rows(queries, query_ok), dtype, chunk)
-        q_states.append(_relative_states(query_blocks, anchor_blocks, offsets, k_max))
-    c_offsets: list[int] = []
+        anchor_blocks, offsets = _blocks(rows(anchors, anchor_ok), anchor_chunk)
+        query_blocks, _ = _blocks(rows(queries, query_ok), chunk)
+        for block in query_blocks:
+            state = _relative_state(block, anchor_blocks, offsets, k_max, dtype)
+            q_sides.append(dask.delayed(_weights, pure=True)(state, cells))
+    passes = []
     for anchors, candidates in ys:
-        anchor_blocks, offsets = _blocks(rows(anchors, anchor_ok), dtype, anchor_chunk)
-        candidate_blocks, c_offsets = _blocks(rows(candidates, candidate_ok), dtype, chunk)
-        c_states.append(_relative_states(candidate_blocks, anchor_blocks, offsets, k_max))
-    graphs = [
-        [_score_graph(q, c, c_offsets, cells, top, counts["n_anchors"]) for c in c_states]
-        for q in q_states
-    ]
-    (positions,) = dask.compute(graphs)
+        anchor_side = _blocks(rows(anchors, anchor_ok), anchor_chunk)
+        candidate_blocks, c_offsets = _blocks(rows(candidates, candidate_ok), chunk)
+        passes.append(
+            _candidate_pass(q_sides, candidate_blocks, c_offsets, anchor_side, cells, top, k_max,
+                            dtype, counts["n_anchors"], len(xs))
+        )  # fmt: skip
+    (positions,) = dask.compute(passes)  # (candidate layer, query layer, cell, query, rank)
+    positions = np.asarray(positions).swapaxes(0, 1)
     candidate_index = np.flatnonzero(candidate_ok)
     retrieved = np.full((len(xs), len(ys), len(cells), n_queries, top), -1, dtype=np.int64)
-    retrieved[:, :, :, query_ok] = candidate_index[np.asarray(positions)]
+    retrieved[:, :, :, query_ok] = candidate_index[positions]
     return retrieved, counts
 
 
@@ -375,10 +423,10 @@ def _layers(x: Any, name: str) -> tuple[da.Array, np.ndarray]:
             x = x.transpose("layer", ...)
             labels = x["layer"].values if "layer" in x.coords else None
         x = x.data
+    if not hasattr(x, "shape"):
+        x = np.asarray(x)
     if not isinstance(x, da.Array):
-        if not hasattr(x, "shape"):
-            x = np.asarray(x)
-        x = da.from_array(x, chunks=(1, *x.shape[1:]) if x.ndim == 3 else x.shape, name=False)
+        x = _view_blocks(x, 1 if x.ndim == 3 else max(len(x), 1))
     if x.ndim == 2:
         x = x[None]
     if x.ndim != 3:

@@ -15,6 +15,7 @@ from wordspace.metrics import (
     asif_sweep,
     topk,
 )
+from wordspace.metrics.asif import _view_blocks
 from wordspace.metrics.topk import (
     anchor_major,
     merge_top,
@@ -207,3 +208,27 @@ def test_study_and_paired_protocols():
     assert paired["exact_top1"].sel(layer_b=0).min() > 0.5
     assert paired["exact_top1"].sel(layer_b=1).max() < 0.2  # independent text layer
     assert (paired["top1"] >= paired["exact_top1"]).all()
+
+
+def test_grid_streams_many_candidate_blocks_with_identical_results():
+    """More candidate blocks than the lookahead, several query layers, a NaN word: every pair
+    of the grid equals its own retrieval and the dense semantics."""
+    _, a, b = _layered(seed=5, n=300)
+    a[1, 7, 0] = np.nan  # word 7: left out as an anchor for every pair, still a candidate
+    anchors, queries = np.arange(0, 250), np.arange(250, 300)
+    ds = asif_grid(a, b, anchors=anchors, queries=queries, candidates=anchors,
+                   ks=(12,), ps=(3,), chunk=16)  # fmt: skip
+    keep = anchors != 7
+    for i in range(2):
+        for j in range(3):
+            got = ds["retrieved"].values[i, j, 0, 0]
+            ax, ay = a[i, anchors][keep], b[j, anchors][keep]
+            expected = _dense(ax, ay, a[i, queries], b[j, anchors], 12, 3, 5)
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_numpy_inputs_are_split_into_views_not_copied():
+    x = np.arange(40.0).reshape(10, 4)
+    blocks = _view_blocks(x, 3).to_delayed().ravel()
+    assert [len(block.compute()) for block in blocks] == [3, 3, 3, 1]
+    assert all(np.shares_memory(block.compute(), x) for block in blocks)

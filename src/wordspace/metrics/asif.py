@@ -8,8 +8,11 @@ representation is then L2-normalised, and a query's score for a candidate is the
 their relative representations; the best candidates come first, ties to the lower index.
 
 Cost: one pass of (row block x anchor block) gemms with a running top-k at the largest ``k``
-per side and layer, then one fused sparse score pass per layer pair and (k, p). Every block is a
-Dask task, so memory is O(chunk x k) per task and the work runs wherever Dask runs it.
+per side and layer. The queries' relative representations of every layer are kept (queries x
+k); each candidate block's are computed once, scored against every query layer and (k, p) by a
+fused sparse kernel, and dropped, so a layer grid costs one relative pass per layer plus a
+sparse product per pair. Every block is a Dask task; memory is O(queries x k + chunk x k) beside
+the caller's arrays, which are split into views, never copied.
 """
 
 from collections.abc import Sequence

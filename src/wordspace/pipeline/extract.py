@@ -8,9 +8,9 @@ interruption does only the blocks not marked complete, so its result equals an u
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
+import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 from distributed import Client, as_completed
@@ -29,6 +30,7 @@ from wordspace.cluster import dask_client
 from wordspace.errors import WordspaceError
 from wordspace.pipeline.audio import load_audio
 from wordspace.pipeline.models.base import ModelAdapter, Utterance
+from wordspace.pipeline.models.cache import file_sha256
 from wordspace.pipeline.models.devices import torch_device
 from wordspace.pipeline.models.registry import build_model
 from wordspace.storage import store
@@ -46,21 +48,17 @@ def group_name(model: str) -> str:
 
 
 def _checkpoint_hash(path: str | None) -> str | None:
-    if not path or not Path(path).is_file():
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(Path(path)) if path and Path(path).is_file() else None
 
 
 def provenance(adapter: ModelAdapter, spec: str, device: str, dtype: str) -> dict[str, Any]:
     """What produced an embedding: model, weights, geometry, pooling, software, date."""
     versions = {}
     for package in _PACKAGES:
+        # An imported package's own __version__ is free; metadata.version parses files.
+        version = getattr(sys.modules.get(package), "__version__", None)
         try:
-            versions[package] = metadata.version(package)
+            versions[package] = version or metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
     geometry = adapter.geometry
@@ -267,7 +265,7 @@ def plan_blocks(
     """Create (or reopen) the model group and plan its unfinished blocks: (group, plans, words)."""
     if settings.dtype not in ("float32", "float16"):
         raise WordspaceError(f"--dtype {settings.dtype!r}: use float32 or float16")
-    table = store.open_word_table(store_url)
+    table = store.open_word_table(store_url, dask=False)
     adapter = build_model(spec)
     chosen = _parse_layers(settings.layers, len(adapter.layer_names))
     group = settings.name or group_name(spec)
@@ -352,20 +350,20 @@ def plan_blocks(
 
 def _finish(store_url: str, group: str) -> tuple[int, list[str]]:
     """Count the words left NaN and keep a sample of them in the group's attributes."""
-    embedding = store.open_embedding(store_url, group)
-    missing_mask = da.isnan(embedding.data[0, :, 0]).compute()
-    texts = embedding["text"].values[missing_mask]
-    sample = list(dict.fromkeys(str(text) for text in texts))[:20]
+    missing = int(store.missing_words_per_block(store_url, group).sum())
+    sample: list[str] = []
+    if missing:
+        embedding = store.open_embedding(store_url, group)
+        with dask.config.set(scheduler="threads"):  # local reads, not a cluster round trip
+            missing_mask = da.isnan(embedding.data[0, :, 0]).compute()
+            texts = embedding["text"].values[missing_mask]
+        sample = list(dict.fromkeys(str(text) for text in texts))[:20]
     store.update_model_attrs(
         store_url,
         group,
-        {
-            "n_missing_words": int(missing_mask.sum()),
-            "missing_words_sample": sample,
-            "complete": True,
-        },
+        {"n_missing_words": missing, "missing_words_sample": sample, "complete": True},
     )
-    return int(missing_mask.sum()), sample
+    return missing, sample
 
 
 def run_plans(plans: list[BlockPlan], client: Client, progress: bool = True) -> tuple[int, float]:

@@ -121,10 +121,16 @@ def _require_store(url: str | os.PathLike) -> None:
         )
 
 
-def open_word_table(url: str | os.PathLike) -> xr.Dataset:
-    """The word table, lazily (dask-backed coordinates)."""
+def open_word_table(url: str | os.PathLike, *, dask: bool = True) -> xr.Dataset:
+    """The word table, lazily: dask-backed coordinates, or with `dask=False` variables read on
+    access straight from Zarr (quicker for reading whole columns; no graph, no scheduler)."""
     _require_store(url)
-    return xr.open_zarr(zarr_store(url, read_only=True), consolidated=False, zarr_format=3)
+    return xr.open_zarr(
+        zarr_store(url, read_only=True),
+        consolidated=False,
+        zarr_format=3,
+        **({} if dask else {"chunks": None}),
+    )
 
 
 def root_attrs(url: str | os.PathLike) -> dict[str, Any]:
@@ -183,6 +189,9 @@ def create_embedding(
         dtype=dtype,
         chunks=(1, chunk_words, dim),
         shards=(1, block_words, dim) if block_words > chunk_words else None,
+        # Model activations barely compress (zstd saves 7-10 %) and compressing them took longer
+        # than a small text model's forward pass: stored raw, written and read at disk speed.
+        compressors=None,
         fill_value=np.nan,
         dimension_names=("layer", "word", "dim"),
     )
@@ -207,7 +216,7 @@ def create_embedding(
         fill_value=0,
         dimension_names=("block",),
     )
-    group.attrs.update({**attrs, "block_words": block_words, "n_blocks": n_blocks})
+    group.update_attributes({**attrs, "block_words": block_words, "n_blocks": n_blocks})
 
 
 def delete_model(url: str | os.PathLike, model: str) -> None:
@@ -246,6 +255,12 @@ def write_embedding_block(
     group["block_complete"][block] = 1
 
 
+def missing_words_per_block(url: str | os.PathLike, model: str) -> np.ndarray:
+    """Per block, the words left NaN when it was written (0 for blocks not written yet)."""
+    group = zarr.open_group(zarr_store(url, read_only=True), path=model_group_path(model), mode="r")
+    return group["block_missing_words"][:]
+
+
 def model_attrs(url: str | os.PathLike, model: str) -> dict[str, Any]:
     group = zarr.open_group(zarr_store(url, read_only=True), path=model_group_path(model), mode="r")
     return dict(group.attrs)
@@ -253,7 +268,7 @@ def model_attrs(url: str | os.PathLike, model: str) -> dict[str, Any]:
 
 def update_model_attrs(url: str | os.PathLike, model: str, attrs: dict[str, Any]) -> None:
     group = zarr.open_group(zarr_store(url), path=model_group_path(model), mode="r+")
-    group.attrs.update(attrs)
+    group.update_attributes(attrs)  # one metadata write; attrs.update writes once per key
 
 
 def list_groups(url: str | os.PathLike, parent: str) -> list[str]:

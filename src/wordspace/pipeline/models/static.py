@@ -9,7 +9,6 @@ vocabulary is a NaN row. The model has one "layer".
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
@@ -18,7 +17,7 @@ import numpy as np
 
 from wordspace.errors import WordspaceError
 from wordspace.pipeline.models.base import ModelAdapter, Utterance
-from wordspace.pipeline.models.cache import build_once, cache_root
+from wordspace.pipeline.models.cache import build_once, cache_root, file_key
 from wordspace.pipeline.models.devices import torch_device
 from wordspace.pipeline.models.registry import ModelEntry, register, register_path_prefix
 
@@ -164,9 +163,7 @@ def _store_chunk(
 def text_vectors_cache(path: Path) -> Path:
     """Cache folder (vectors.npy, vocabulary.txt) of a vectors text file, built if absent."""
     resolved = path.resolve()
-    stat = resolved.stat()
-    key = hashlib.sha256(f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
-    target = cache_root() / "static" / f"{resolved.name}-{key[:16]}"
+    target = cache_root() / "static" / f"{resolved.name}-{file_key(resolved)[:16]}"
     dim, has_header = _text_layout(resolved)
     return build_once(target, lambda folder: _build_text_cache(resolved, dim, has_header, folder))
 

@@ -9,7 +9,6 @@ has the most context on both sides (an edge of the utterance counts as full cont
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,9 +197,8 @@ class TransformerTextModel(ModelAdapter):
         if self._model is None:
             raise RuntimeError(f"{self.name}: call load() before embed()")
         windows, tokens_per_word = self._windows(utterances)
-        sums = torch.zeros(
-            (len(self.layer_names), len(tokens_per_word), self.dim), device=self._device
-        )
+        # Sums stay on the CPU, where index_add_ is deterministic (on CUDA it is atomic).
+        sums = torch.zeros((len(self.layer_names), len(tokens_per_word), self.dim))
         order = sorted(
             (index for index, window in enumerate(windows) if window.ids),
             key=lambda index: len(windows[index].ids),
@@ -209,8 +207,8 @@ class TransformerTextModel(ModelAdapter):
             while order:
                 batch = _take_batch(order, windows, len(self._prefix) + len(self._suffix))
                 self._accumulate([windows[index] for index in batch], sums)
-        counts = torch.as_tensor(tokens_per_word, dtype=torch.float32, device=self._device)
-        means = (sums / counts[None, :, None]).cpu().numpy()  # 0 / 0: NaN for tokenless words
+        counts = torch.as_tensor(tokens_per_word, dtype=torch.float32)
+        means = (sums / counts[None, :, None]).numpy()  # 0 / 0: NaN for tokenless words
         bounds = np.cumsum([0] + [len(utterance.words) for utterance in utterances])
         return [means[:, start:stop] for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
 
@@ -228,25 +226,18 @@ class TransformerTextModel(ModelAdapter):
             attention_mask=attention.to(self._device),
             output_hidden_states=True,
         )
-        # Pooling as one sparse (words × batch positions) product per layer: no gather, no
-        # scatter, and it runs where the model runs.
-        flat_positions = np.concatenate(
-            [row * length + len(self._prefix) + w.positions for row, w in enumerate(windows)]
+        # Pooling: per layer, the assigned tokens' states gathered where the model runs and
+        # added into their words' sums in one index_add_.
+        positions = torch.as_tensor(
+            np.concatenate(
+                [row * length + len(self._prefix) + w.positions for row, w in enumerate(windows)]
+            ),
+            device=self._device,
         )
-        words = np.concatenate([w.words for w in windows])
-        with warnings.catch_warnings():  # torch calls its sparse CSR support "beta"
-            warnings.simplefilter("ignore", UserWarning)
-            pooling = (
-                torch.sparse_coo_tensor(
-                    torch.as_tensor(np.stack([words, flat_positions])),
-                    torch.ones(len(words)),
-                    (sums.shape[1], len(windows) * length),
-                )
-                .to_sparse_csr()
-                .to(self._device)
-            )
-            for layer, hidden in enumerate(output.hidden_states):
-                sums[layer] += pooling @ hidden.reshape(-1, self.dim).float()
+        words = torch.as_tensor(np.concatenate([w.words for w in windows]))
+        for layer_sums, state in zip(sums, output.hidden_states, strict=True):
+            tokens = state.reshape(-1, self.dim).index_select(0, positions)
+            layer_sums.index_add_(0, words, tokens.float().cpu())
 
 
 def _take_batch(order: list[int], windows: list[_Window], n_special: int) -> list[int]:

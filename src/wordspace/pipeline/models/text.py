@@ -197,8 +197,7 @@ class TransformerTextModel(ModelAdapter):
         if self._model is None:
             raise RuntimeError(f"{self.name}: call load() before embed()")
         windows, tokens_per_word = self._windows(utterances)
-        # Sums stay on the CPU, where index_add_ is deterministic (on CUDA it is atomic).
-        sums = torch.zeros((len(self.layer_names), len(tokens_per_word), self.dim))
+        sums = np.zeros((len(self.layer_names), len(tokens_per_word), self.dim), np.float32)
         order = sorted(
             (index for index, window in enumerate(windows) if window.ids),
             key=lambda index: len(windows[index].ids),
@@ -207,12 +206,12 @@ class TransformerTextModel(ModelAdapter):
             while order:
                 batch = _take_batch(order, windows, len(self._prefix) + len(self._suffix))
                 self._accumulate([windows[index] for index in batch], sums)
-        counts = torch.as_tensor(tokens_per_word, dtype=torch.float32)
-        means = (sums / counts[None, :, None]).numpy()  # 0 / 0: NaN for tokenless words
+        with np.errstate(invalid="ignore"):  # 0 / 0: NaN for tokenless words
+            means = sums / tokens_per_word[None, :, None].astype(np.float32)
         bounds = np.cumsum([0] + [len(utterance.words) for utterance in utterances])
         return [means[:, start:stop] for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
 
-    def _accumulate(self, windows: list[_Window], sums: torch.Tensor) -> None:
+    def _accumulate(self, windows: list[_Window], sums: np.ndarray) -> None:
         """Run the model on `windows` and add each assigned token's states to its word's sum."""
         length = max(len(window.ids) for window in windows) + len(self._prefix) + len(self._suffix)
         input_ids = torch.full((len(windows), length), self._pad_id, dtype=torch.long)
@@ -226,18 +225,20 @@ class TransformerTextModel(ModelAdapter):
             attention_mask=attention.to(self._device),
             output_hidden_states=True,
         )
-        # Pooling: per layer, the assigned tokens' states gathered where the model runs and
-        # added into their words' sums in one index_add_.
-        positions = torch.as_tensor(
-            np.concatenate(
-                [row * length + len(self._prefix) + w.positions for row, w in enumerate(windows)]
-            ),
-            device=self._device,
+        # Pooling in numpy, one gather and one reduceat per layer: torch's small multi-threaded
+        # ops stall at their barriers when the cores are shared, numpy's do not.
+        rows = np.concatenate(
+            [row * length + len(self._prefix) + w.positions for row, w in enumerate(windows)]
         )
-        words = torch.as_tensor(np.concatenate([w.words for w in windows]))
+        words = np.concatenate([w.words for w in windows])
+        order = np.argsort(words, kind="stable")
+        rows, words = rows[order], words[order]
+        firsts = np.flatnonzero(np.diff(words, prepend=-1))
+        on_device = torch.as_tensor(rows, device=self._device)
         for layer_sums, state in zip(sums, output.hidden_states, strict=True):
-            tokens = state.reshape(-1, self.dim).index_select(0, positions)
-            layer_sums.index_add_(0, words, tokens.float().cpu())
+            flat = state.reshape(-1, self.dim)
+            tokens = flat.numpy()[rows] if flat.device.type == "cpu" else flat[on_device].cpu()
+            layer_sums[words[firsts]] += np.add.reduceat(tokens, firsts, axis=0, dtype=np.float32)
 
 
 def _take_batch(order: list[int], windows: list[_Window], n_special: int) -> list[int]:

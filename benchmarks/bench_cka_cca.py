@@ -16,7 +16,6 @@ import argparse
 import logging
 import multiprocessing
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import dask.array as da
 import numpy as np
 import psutil
 import xarray as xr
+from peak_memory import peak_rss_bytes
 from threadpoolctl import threadpool_limits
 
 from wordspace.metrics import cka_grid, similarity_grid
@@ -202,8 +202,7 @@ def scale_benchmark(root: Path, sizes: list[int], memory_limit: str) -> None:
             print(
                 f"  {n:>9,} words: {seconds:7.1f} s  {seconds / n * 1e6:7.2f} us/word  ({load()})"
             )
-        peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    worker_peak = sum(peaks.values()) * 1024  # ru_maxrss is KiB on Linux
+        worker_peak = sum(client.run(peak_rss_bytes).values())
     print(f"time per word, {sizes[-1]:,} / {sizes[0]:,} words: {per_word[-1] / per_word[0]:.2f}x")
     print(
         f"peak resident memory: workers {worker_peak / 1e9:.2f} GB + client "

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from distributed import Client
+from peak_memory import peak_rss_bytes
 
 from wordspace.cluster import dask_client
 from wordspace.metrics import similarity_grid
@@ -136,13 +137,7 @@ def write_synthetic_store(
 
 
 def _peak_rss_mb() -> float:
-    """This process's peak resident memory since it started its program (VmHWM).
-
-    Not ``ru_maxrss``: a worker process spawned from this one would report at least this
-    process's size at the time it was spawned, since Linux carries that figure across exec.
-    """
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM"))
+    return peak_rss_bytes() / 2**20
 
 
 def _run_grid(url: str, memory_limit: str) -> tuple[float, list[float]]:

@@ -54,16 +54,8 @@ def resampled_statistics(
             f"weights of shape {weights.shape}: pass non-negative (resamples, {len(labels)}) "
             "multiplicities, one column per distinct group"
         )
-    compute_dtype = np.dtype(
-        np.float64 if np.float64 in (stack_a.dtype, stack_b.dtype) else np.float32
-    )
-    layout = _Layout(
-        shape_a=(stack_a.shape[0], stack_a.shape[2]),
-        shape_b=(stack_b.shape[0], stack_b.shape[2]),
-        same=same,
-        debiased=debiased,
-        compute_dtype=compute_dtype,
-    )
+    layout = _Layout.of(stack_a, stack_b, same, debiased)
+    compute_dtype = layout.compute_dtype
     order = np.argsort(inverse, kind="stable")
     starts = np.searchsorted(inverse[order], np.arange(len(labels)))
     x = _centred_rows(stack_a[:, order], compute_dtype)

@@ -61,6 +61,18 @@ class _Layout:
     debiased: bool
     compute_dtype: np.dtype
 
+    @classmethod
+    def of(cls, stack_a: Any, stack_b: Any, same: bool, debiased: bool) -> "_Layout":
+        """The layout for two (layer, word, dim) stacks: float32 products unless one is float64."""
+        float64 = np.float64 in (stack_a.dtype, stack_b.dtype)
+        return cls(
+            shape_a=(stack_a.shape[0], stack_a.shape[2]),
+            shape_b=(stack_b.shape[0], stack_b.shape[2]),
+            same=same,
+            debiased=debiased,
+            compute_dtype=np.dtype(np.float64 if float64 else np.float32),
+        )
+
     def fields(self) -> list[tuple[str, tuple[int, ...]]]:
         (la, da_), (lb, db) = self.shape_a, self.shape_b
         fields: list[tuple[str, tuple[int, ...]]] = [("n", (1,)), ("dropped", (1,))]
@@ -180,9 +192,8 @@ def gram_statistics(a: Any, b: Any, debiased: bool = False) -> GramStatistics:
             f"A has {stack_a.shape[1]} words and B has {stack_b.shape[1]}; "
             "pass embeddings of the same words in the same order"
         )
-    compute_dtype = np.dtype(
-        np.float64 if np.float64 in (stack_a.dtype, stack_b.dtype) else np.float32
-    )
+    layout = _Layout.of(stack_a, stack_b, same, debiased)
+    compute_dtype = layout.compute_dtype
     row_bytes = stack_a.shape[0] * stack_a.shape[2] * stack_a.dtype.itemsize
     if not same:
         row_bytes += stack_b.shape[0] * stack_b.shape[2] * stack_b.dtype.itemsize
@@ -190,13 +201,6 @@ def gram_statistics(a: Any, b: Any, debiased: bool = False) -> GramStatistics:
     stacks = [stack_a]
     if not same:
         stacks.append(stack_b.rechunk({1: stack_a.chunks[1], 2: -1}))
-    layout = _Layout(
-        shape_a=(stack_a.shape[0], stack_a.shape[2]),
-        shape_b=(stack_b.shape[0], stack_b.shape[2]),
-        same=same,
-        debiased=debiased,
-        compute_dtype=compute_dtype,
-    )
     chunks = list(zip(*[_layer_blocks_per_chunk(stack) for stack in stacks], strict=True))
     shifts = [delayed(_column_shift)(blocks, compute_dtype) for blocks in chunks[0]]
     scheduler = dask.base.get_scheduler(collections=shifts)

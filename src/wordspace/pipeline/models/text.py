@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse
 import torch
 
 from wordspace.errors import WordspaceError
@@ -225,20 +226,23 @@ class TransformerTextModel(ModelAdapter):
             attention_mask=attention.to(self._device),
             output_hidden_states=True,
         )
-        # Pooling in numpy, one gather and one reduceat per layer: torch's small multi-threaded
-        # ops stall at their barriers when the cores are shared, numpy's do not.
+        # Pooling in numpy, one gather and one sparse (word x token) product per layer: torch's
+        # small multi-threaded ops stall at their barriers when the cores are shared, and
+        # np.add.reduceat along rows is 30 times slower than the sparse product.
         rows = np.concatenate(
             [row * length + len(self._prefix) + w.positions for row, w in enumerate(windows)]
         )
         words = np.concatenate([w.words for w in windows])
-        order = np.argsort(words, kind="stable")
-        rows, words = rows[order], words[order]
-        firsts = np.flatnonzero(np.diff(words, prepend=-1))
+        distinct, word_of_token = np.unique(words, return_inverse=True)
+        token_to_word = scipy.sparse.csr_matrix(
+            (np.ones(len(rows), np.float32), (word_of_token, np.arange(len(rows)))),
+            shape=(len(distinct), len(rows)),
+        )
         on_device = torch.as_tensor(rows, device=self._device)
         for layer_sums, state in zip(sums, output.hidden_states, strict=True):
             flat = state.reshape(-1, self.dim)
             tokens = flat.numpy()[rows] if flat.device.type == "cpu" else flat[on_device].cpu()
-            layer_sums[words[firsts]] += np.add.reduceat(tokens, firsts, axis=0, dtype=np.float32)
+            layer_sums[distinct] += token_to_word @ np.asarray(tokens, dtype=np.float32)
 
 
 def _take_batch(order: list[int], windows: list[_Window], n_special: int) -> list[int]:

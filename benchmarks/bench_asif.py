@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse
+from peak_memory import peak_rss_bytes, reset_peak_rss
 
 from wordspace.metrics.asif import STUDY_GRID, asif_grid, asif_retrieve, asif_sweep
 
@@ -35,16 +36,6 @@ SINGLE_PAIRS = ((0, 1), (-1, 2), (2, -1))
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets the kernel's peak resident set size (VmHWM) to the current one
-
-
-def _peak_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM"))
 
 
 def _spaces(n_anchors: int, n_queries: int, dim: int, layers: int, seed: int = 0):
@@ -94,7 +85,7 @@ def run_case(case: str, scale: int, layers: int, save: Path) -> dict:
     labels, x, y = _spaces(n_a, n_q, DIM, layers if case in ("grid", "single") else 1)
     ax, qx, ay = x[0, :n_a], x[0, n_a:], y[0, :n_a]
     before = _rss_mb()
-    _reset_peak()
+    reset_peak_rss()
     start = time.perf_counter()
     if case == "dense":
         out = dense_reference(ax, ay, qx, ay, K_RETRIEVE, P_RETRIEVE, 5)
@@ -114,7 +105,7 @@ def run_case(case: str, scale: int, layers: int, save: Path) -> dict:
         out = np.stack(out)
         np.save(save, out)
     seconds = time.perf_counter() - start
-    peak = _peak_mb()
+    peak = peak_rss_bytes() / 2**20
     retrieved = np.asarray(out)[..., 0]
     computed = retrieved >= 0  # -1 marks the sweep's cells outside the study's grid
     hits = labels[retrieved] == np.broadcast_to(labels[n_a:], retrieved.shape)

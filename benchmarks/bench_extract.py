@@ -1,11 +1,13 @@
 """Extraction engine overhead and throughput, per model, on the demo corpus.
 
-For each model, the model is loaded once (as a worker does), forward hooks time every call of its
-torch modules, and the whole extraction runs through the engine on an in-process Dask cluster.
-Printed per model: load time, whole extraction time, pure forward time measured inside that same
-run, the engine's overhead (reading audio, features, batching, pooling, writing) as a share of the
-forward time, and audio seconds per second. Goals: MiniLM overhead at most 15 %; every model of
-issue 4 together under 3 minutes.
+The extraction runs as `wordspace extract` runs it here: on the local cluster it starts (one
+worker process). For each model, the worker loads the model and the client its code and
+configuration first (timed apart, as "load"), forward hooks
+installed on the worker time every call of its torch modules, and then the whole extraction runs
+through the engine. Printed per model: load time, whole extraction time, pure forward time
+measured inside that same run, the engine's overhead (reading audio, features, batching, pooling,
+writing, planning, scheduling) as a share of the forward time, and audio seconds per second.
+Goals: MiniLM overhead at most 15 %; every model of issue 4 together under 3 minutes.
 
     python benchmarks/bench_extract.py [--models minilm-l6,mpnet-base,...] [--store DIR]
 """
@@ -19,10 +21,11 @@ import time
 from pathlib import Path
 
 import torch
-from distributed import Client, LocalCluster
 
+from wordspace.cluster import dask_client
 from wordspace.pipeline import extract
 from wordspace.pipeline.index import index_corpus
+from wordspace.pipeline.models.registry import build_model
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 ENGINE_MODELS = "minilm-l6,mpnet-base,glove-6b-50d,logmel,mfcc"
@@ -46,6 +49,17 @@ class ForwardTimer:
         self.seconds += time.perf_counter() - self._started.pop(id(module))
 
 
+def load_with_timer(spec: str) -> None:
+    """On the worker: load the model and hook a forward timer onto it."""
+    adapter = extract._loaded_adapter(spec, "cpu", "float32")
+    adapter.forward_timer = ForwardTimer(adapter)
+
+
+def forward_seconds(spec: str) -> float:
+    """On the worker: the forward time added up since the model was loaded."""
+    return extract._loaded_adapter(spec, "cpu", "float32").forward_timer.seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default=ENGINE_MODELS)
@@ -56,36 +70,32 @@ def main() -> None:
     shutil.rmtree(url, ignore_errors=True)
     summary, _ = index_corpus(DEMO / "corpus", DEMO / "alignments", url)
     print(f"demo corpus: {summary.word_tokens} words, {summary.utterances} utterances")
-    print(f"torch threads: {torch.get_num_threads()}")
     header = (
         f"{'model':<16} {'load s':>7} {'extract s':>9} {'forward s':>9} {'overhead':>9} "
         f"{'audio s/s':>9}"
     )
     print(header)
     total = 0.0
-    with (
-        LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster,
-        Client(cluster) as client,
-    ):
+    with dask_client(workers=1, quiet=True) as client:  # what `wordspace extract` starts
         for spec in args.models.split(","):
             began = time.perf_counter()
-            adapter = extract._loaded_adapter(spec, "cpu", "float32")
+            client.run(load_with_timer, spec)
+            build_model(spec)  # the client's side of loading: the model's code, its config
             loaded = time.perf_counter() - began
-            timer = ForwardTimer(adapter)
             result = extract.extract_model(url, spec, client=client, progress=False)
-            has_forward = timer.seconds > 0
+            (forward,) = client.run(forward_seconds, spec).values()
             overhead = (
-                f"{(result.seconds - timer.seconds) / timer.seconds:>8.0%}"
-                if has_forward
-                else f"{'no nn':>8}"
+                f"{(result.seconds - forward) / forward:>8.0%}" if forward > 0 else f"{'no nn':>8}"
             )
             rate = result.audio_hours * 3600 / result.seconds
             print(
-                f"{spec:<16} {loaded:>7.1f} {result.seconds:>9.1f} {timer.seconds:>9.1f} "
+                f"{spec:<16} {loaded:>7.1f} {result.seconds:>9.1f} {forward:>9.1f} "
                 f"{overhead:>9} {rate:>9.0f}",
                 flush=True,
             )
             total += loaded + result.seconds
+        threads = list(client.run(torch.get_num_threads).values())
+    print(f"torch threads on the worker: {threads}")
     print(f"all models, load + extraction: {total:.1f} s (goal for issue 4's models: < 180 s)")
     if not args.store:
         shutil.rmtree(workdir, ignore_errors=True)

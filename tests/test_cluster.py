@@ -133,6 +133,27 @@ def test_gpu_workers_are_pinned_one_per_device():
     assert resources == {1}
 
 
+def _worker_settings() -> tuple[int, str | None]:
+    import torch
+
+    return torch.get_num_threads(), os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_local_workers_share_the_cores_with_torch_and_keep_malloc_adaptive(workers):
+    from dask.system import CPU_COUNT
+
+    from wordspace.pipeline.extract import share_cores_with_torch
+
+    with dask_client(workers=workers, memory_limit="2GB", quiet=True) as client:
+        before = client.run(_worker_settings)
+        share_cores_with_torch(client)
+        after = client.run(_worker_settings)
+    assert {threads for threads, _ in before.values()} == {1}  # Dask's OMP_NUM_THREADS=1
+    assert {threads for threads, _ in after.values()} == {max(1, CPU_COUNT // workers)}
+    assert {trim for _, trim in after.values()} == {None}
+
+
 @pytest.fixture
 def separate_cluster(tmp_path):
     """`dask scheduler` and two `dask worker` processes on loopback, torn down afterwards."""

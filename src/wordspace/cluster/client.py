@@ -115,17 +115,22 @@ def dask_client(
         len(gpus) if gpus else workers or max(1, (os.cpu_count() or 1) // threads_per_worker)
     )
     limit = worker_memory_limit(memory_limit, n_workers)
-    cluster = (
-        _gpu_cluster(gpus, threads_per_worker, limit)
-        if gpus
-        else LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=threads_per_worker,
-            memory_limit=limit,
-            processes=True,
-            dashboard_address=":0",
+    # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which returns freed memory to the OS
+    # at once: every large temporary (a model's activations, a block of words) is then faulted
+    # in afresh. Measured on MiniLM over the demo: forward 2.55 s with it, 1.95 s without.
+    # Without it, freed memory is kept for the next task: a worker stays at its peak working set.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        cluster = (
+            _gpu_cluster(gpus, threads_per_worker, limit)
+            if gpus
+            else LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads_per_worker,
+                memory_limit=limit,
+                processes=True,
+                dashboard_address=":0",
+            )
         )
-    )
     with cluster, Client(cluster) as client:
         if not quiet:
             kind = f"GPU worker(s) on devices {','.join(gpus)}" if gpus else "worker(s)"

@@ -186,6 +186,8 @@ def embed_block(plan: BlockPlan) -> tuple[int, int, float, int]:
     pack_seconds = plan.pack_seconds if audio else 0.0
     # Text and static models batch by their own token budget: give them the whole block at once.
     batch_seconds = plan.batch_seconds if audio else math.inf
+    # A slice when every layer is kept: basic indexing copies once, a list of layers twice.
+    layers = slice(None) if plan.layers == tuple(range(plan.n_layers)) else list(plan.layers)
     for batch in _batches(_units(plan.utterances, pack_seconds), batch_seconds):
         inputs = [_unit_input(unit, adapter, plan.corpus_root) for unit in batch]
         for unit, unit_input, vectors in zip(batch, inputs, adapter.embed(inputs), strict=True):
@@ -200,7 +202,7 @@ def embed_block(plan: BlockPlan) -> tuple[int, int, float, int]:
                 keep_from = max(plan.word_start, first)
                 keep_to = min(plan.word_stop, first + count)
                 values[:, keep_from - plan.word_start : keep_to - plan.word_start] = vectors[
-                    list(plan.layers), row + keep_from - first : row + keep_to - first
+                    layers, row + keep_from - first : row + keep_to - first
                 ]
                 row += count
     store.write_embedding_block(plan.store_url, plan.group, plan.block, values)

@@ -414,18 +414,18 @@ def _finish(total: np.ndarray, layout: _Layout) -> GramStatistics:
     (la, da_), (lb, db) = layout.shape_a, layout.shape_b
     mean_a = s["sum_a"] / n
     if layout.same:
-        cross = s["gram_a"]
-        cross -= np.outer(s["sum_a"], mean_a)
-        cross = cross.reshape(la, da_, la, da_)
+        cross = _subtract_outer(s["gram_a"], s["sum_a"], mean_a).reshape(la, da_, la, da_)
         gram_a = np.stack([cross[i, :, i, :] for i in range(la)])
         gram_b, mean_b = gram_a, mean_a
     else:
         mean_b = s["sum_b"] / n
-        cross = s["cross"]
-        cross -= np.outer(s["sum_a"], mean_b)
-        cross = cross.reshape(la, da_, lb, db)
-        gram_a = s["gram_a"] - n * _layer_outer(mean_a.reshape(la, da_))
-        gram_b = s["gram_b"] - n * _layer_outer(mean_b.reshape(lb, db))
+        cross = _subtract_outer(s["cross"], s["sum_a"], mean_b).reshape(la, da_, lb, db)
+        gram_a, gram_b = s["gram_a"], s["gram_b"]
+        for grams, sums, means in ((gram_a, s["sum_a"], mean_a), (gram_b, s["sum_b"], mean_b)):
+            for layer, (layer_sums, layer_means) in enumerate(
+                zip(sums.reshape(len(grams), -1), means.reshape(len(grams), -1), strict=True)
+            ):
+                _subtract_outer(grams[layer], layer_sums, layer_means)
     stats = GramStatistics(
         n_words=n,
         n_excluded=dropped,
@@ -440,8 +440,13 @@ def _finish(total: np.ndarray, layout: _Layout) -> GramStatistics:
     return stats
 
 
-def _layer_outer(means: np.ndarray) -> np.ndarray:
-    return means[:, :, None] * means[:, None, :]
+def _subtract_outer(target: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """``target -= outer(left, right)`` in place, a band of rows at a time (no full-size
+    temporary: the stacked Gram matrix of two 13 x 768 models is 800 MB)."""
+    band = max(1, (1 << 23) // max(1, target.shape[1]))
+    for start in range(0, target.shape[0], band):
+        target[start : start + band] -= np.outer(left[start : start + band], right)
+    return target
 
 
 def _add_row_norm_products(

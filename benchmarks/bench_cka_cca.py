@@ -4,7 +4,8 @@ Grid mode (default): two random models of 13 layers x 768 over 46,906 words (the
 float32, written to a Zarr store; times (1) the study's ``linear_CKA`` pair by pair on in-memory
 arrays, (2) ``cka_grid`` from the store, (3) ``similarity_grid`` with CKA, debiased CKA and CCA;
 prints each time, GFLOP/s as a share of the single-precision matmul peak measured in this run (on
-the engine's own product shape, just before and just after ``cka_grid``), and the ratios. Scale
+the engine's own product shape, before and after every ``cka_grid`` run: each run is compared
+with the best peak and with the mean of the two peaks around it), and the ratios. Scale
 mode (``--scale``): a 500,000-word store of 13 x 768 float16 against a 300-d float32 model on a
 2-worker LocalCluster with memory limits; prints time per word from 50,000 to 500,000 words and
 the peak resident memory of the workers and the client together. ``--quick`` shrinks both for a
@@ -126,6 +127,12 @@ def grid_benchmark(root: Path, words: int, layers: int, dim: int, repeats: int) 
         gflops = flop / seconds / 1e9
         return f"{gflops:6.0f} GFLOP/s = {gflops / peak:4.0%} of peak"
 
+    # This machine's speed drifts by tens of per cent within a minute, so each run is also
+    # compared with the peak around it: the mean of the peaks measured just before and after.
+    bracketed = [
+        flop / seconds / 1e9 / ((before + after) / 2)
+        for seconds, before, after in zip(cka_times, peaks[:-1], peaks[1:], strict=True)
+    ]
     print(f"-- {flop / 1e12:.2f} TFLOP of cross products; best sgemm peak {peak:.0f} GFLOP/s")
     print(f"study linear_CKA, pair by pair (in memory): {t_study:7.1f} s  {rate(t_study)}")
     print(f"{f'cka_grid, best of {repeats}:':44}{t_best:7.1f} s  {rate(t_best)}")
@@ -134,7 +141,13 @@ def grid_benchmark(root: Path, words: int, layers: int, dim: int, repeats: int) 
     print(f"max relative difference cka_grid vs study: {error:.1e}")
     print(f"ratio study / cka_grid (median):  {t_study / t_cka:5.2f}x  (goal >= 1.9x)")
     share = flop / t_best / 1e9 / peak
-    print(f"cka_grid share of sgemm peak (best / best): {share:5.0%}  (goal >= 80%)")
+    print(f"cka_grid share of sgemm peak (best run / best peak): {share:5.0%}")
+    runs = ", ".join(f"{value:.0%}" for value in bracketed)
+    print(f"cka_grid share of the peak around each run: {runs}")
+    print(
+        f"cka_grid share of sgemm peak (median run / peak around it): "
+        f"{float(np.median(bracketed)):5.0%}  (goal >= 80%)"
+    )
     print(f"ratio similarity_grid / cka_grid (median): {t_all / t_cka:5.2f}x  (goal <= 1.2x)")
 
 
@@ -219,7 +232,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="where to write the Zarr stores")
     parser.add_argument("--layers", type=int, default=13, help="layers per model in grid mode")
     parser.add_argument("--repeats", type=int, default=3, help="cka_grid runs in grid mode")
-    parser.add_argument("--memory-limit", default="1.4GiB", help="per worker in scale mode")
+    parser.add_argument("--memory-limit", default="1.1GiB", help="per worker in scale mode")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
     root = Path(tempfile.mkdtemp(prefix="bench_cka_cca_", dir=args.dir))

@@ -149,8 +149,12 @@ def test_local_workers_share_the_cores_with_torch_and_keep_malloc_adaptive(worke
         before = client.run(_worker_settings)
         share_cores_with_torch(client)
         after = client.run(_worker_settings)
+        client.restart()  # workers that restart (or join) get the same share
+        restarted = client.run(_worker_settings)
     assert {threads for threads, _ in before.values()} == {1}  # Dask's OMP_NUM_THREADS=1
-    assert {threads for threads, _ in after.values()} == {max(1, CPU_COUNT // workers)}
+    share = max(1, CPU_COUNT // workers)
+    assert {threads for threads, _ in after.values()} == {share}
+    assert {threads for threads, _ in restarted.values()} == {share}
     assert {trim for _, trim in after.values()} == {None}
 
 

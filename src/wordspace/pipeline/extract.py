@@ -12,7 +12,7 @@ import math
 import re
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,7 +25,8 @@ import dask.array as da
 import numpy as np
 import torch
 from dask.system import CPU_COUNT
-from distributed import Client, as_completed
+from distributed import Client, Worker, WorkerPlugin, as_completed
+from distributed.comm.addressing import get_address_host
 from tqdm import tqdm
 
 import wordspace
@@ -371,27 +372,29 @@ def _finish(store_url: str, group: str) -> tuple[int, list[str]]:
     return missing, sample
 
 
-def _host_cores() -> int:
-    """The cores this process may use (CPU affinity and cgroup quota taken into account)."""
-    return CPU_COUNT
-
-
-def share_cores_with_torch(client: Client) -> None:
-    """Give torch on every worker its share of its host's cores.
+class TorchThreads(WorkerPlugin):
+    """Gives torch on every worker its share of its host's cores, on the workers there are now
+    and on any that join or restart later.
 
     Dask's nanny starts worker processes with ``OMP_NUM_THREADS=1``, so without this torch runs
     each model on one core however many the host has (MiniLM on the demo: 3.5 s of forward on
     one of this machine's two cores, 2.0 s on both).
     """
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    workers_per_host = Counter(info["host"] for info in workers.values())
-    cores = client.run(_host_cores)
-    by_share: defaultdict[int, list[str]] = defaultdict(list)
-    for address, info in workers.items():
-        share = cores[address] // workers_per_host[info["host"]] // max(1, info["nthreads"])
-        by_share[max(1, share)].append(address)
-    for threads, addresses in by_share.items():
-        client.run(torch.set_num_threads, threads, workers=addresses)
+
+    name = "wordspace-torch-threads"
+
+    def __init__(self, workers_per_host: dict[str, int]) -> None:
+        self.workers_per_host = workers_per_host
+
+    def setup(self, worker: Worker) -> None:
+        siblings = self.workers_per_host.get(get_address_host(worker.address), 1)
+        torch.set_num_threads(max(1, CPU_COUNT // siblings // max(1, worker.state.nthreads)))
+
+
+def share_cores_with_torch(client: Client) -> None:
+    """Register `TorchThreads` for the client's workers, counted per host."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    client.register_plugin(TorchThreads(dict(Counter(info["host"] for info in workers))))
 
 
 def run_plans(plans: list[BlockPlan], client: Client, progress: bool = True) -> tuple[int, float]:

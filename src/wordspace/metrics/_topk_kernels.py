@@ -55,7 +55,7 @@ def _keep_top(vals, items, scratch, count, k):  # pragma: no cover - compiled
 
 @numba.njit(nogil=True)
 def _merge_row(state_vals, state_items, values, offset, items, out_vals, out_items):
-    """One row of :func:`_merge_top`: append the block's entries that can still enter to a
+    """One row of :func:`merge_top_rows`: append the block's entries that can still enter to a
     buffer holding the state (2k at most); whenever it fills, keep its k best and from then on
     reject everything not above the k-th value (a later item loses a tie)."""
     k, width = out_vals.shape[0], state_vals.shape[0]

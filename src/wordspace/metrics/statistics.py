@@ -422,10 +422,10 @@ def _finish(total: np.ndarray, layout: _Layout) -> GramStatistics:
         cross = _subtract_outer(s["cross"], s["sum_a"], mean_b).reshape(la, da_, lb, db)
         gram_a, gram_b = s["gram_a"], s["gram_b"]
         for grams, sums, means in ((gram_a, s["sum_a"], mean_a), (gram_b, s["sum_b"], mean_b)):
-            for layer, (layer_sums, layer_means) in enumerate(
-                zip(sums.reshape(len(grams), -1), means.reshape(len(grams), -1), strict=True)
-            ):
-                _subtract_outer(grams[layer], layer_sums, layer_means)
+            layers = len(grams)
+            per_layer = zip(grams, sums.reshape(layers, -1), means.reshape(layers, -1), strict=True)
+            for layer_grams, layer_sums, layer_means in per_layer:
+                _subtract_outer(layer_grams, layer_sums, layer_means)
     stats = GramStatistics(
         n_words=n,
         n_excluded=dropped,

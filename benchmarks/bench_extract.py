@@ -1,12 +1,12 @@
 """Extraction engine overhead and throughput, per model, on the demo corpus.
 
-The extraction runs as `wordspace extract` runs it here: on the local cluster it starts (one
-worker process). For each model, the worker loads the model and the client its code and
-configuration first (timed apart, as "load"), forward hooks
-installed on the worker time every call of its torch modules, and then the whole extraction runs
-through the engine. Printed per model: load time, whole extraction time, pure forward time
-measured inside that same run, the engine's overhead (reading audio, features, batching, pooling,
-writing, planning, scheduling) as a share of the forward time, and audio seconds per second.
+The extraction runs as `wordspace extract` runs it here: on the local cluster it starts (one worker
+process). For each model, the worker loads the model and the client its code and configuration
+first (timed apart, as "load"), forward hooks installed on the worker time every call of its torch
+modules, and then the whole extraction runs through the engine. Printed per model: load time, whole
+extraction time, pure forward time measured inside that same run, the engine's overhead (reading
+audio, features, batching, pooling, writing, planning, scheduling) as a share of the forward time,
+and audio seconds per second.
 Goals: MiniLM overhead at most 15 %; every model of issue 4 together under 3 minutes.
 
     python benchmarks/bench_extract.py [--models minilm-l6,mpnet-base,...] [--store DIR]

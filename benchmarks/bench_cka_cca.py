@@ -20,7 +20,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,9 +27,8 @@ from pathlib import Path
 import dask
 import dask.array as da
 import numpy as np
-import psutil
 import xarray as xr
-from peak_memory import peak_rss_bytes
+from peak_memory import peak_rss_bytes, reset_peak_rss
 from threadpoolctl import threadpool_limits
 
 from wordspace.metrics import cka_grid, similarity_grid
@@ -95,8 +93,9 @@ def timed(fn):
 def grid_benchmark(root: Path, words: int, layers: int, dim: int, repeats: int) -> None:
     """Times the study's function once, ``cka_grid`` ``repeats`` times with the sgemm peak
     measured before each run and after the last, then ``similarity_grid`` once. On a machine
-    whose speed drifts, the share of peak compares the best run with the best peak; the ratios
-    use the median ``cka_grid`` run."""
+    whose speed drifts, each run's share of peak is taken against the mean of the two peaks
+    around it (the goal line: the median run), and the best run against the best peak is shown
+    too; the ratios use the median ``cka_grid`` run."""
     print(f"== grid: {layers} x {layers} layers of {dim}, {words:,} words, float32 Zarr store")
     for name, seed in (("a", 1), ("b", 2)):
         write_model(root / name, layers, words, dim, np.float32, 8192, seed)
@@ -151,28 +150,6 @@ def grid_benchmark(root: Path, words: int, layers: int, dim: int, repeats: int) 
     print(f"ratio similarity_grid / cka_grid (median): {t_all / t_cka:5.2f}x  (goal <= 1.2x)")
 
 
-class PeakRSS:
-    """Peak resident memory of this process, sampled every 50 ms while in the ``with`` block."""
-
-    def __init__(self) -> None:
-        self.peak, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        process = psutil.Process()
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, process.memory_info().rss)
-
-    def __enter__(self) -> "PeakRSS":
-        self.peak = psutil.Process().memory_info().rss
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def write_in_subprocess(*args) -> None:
     """``write_model`` in a process of its own, so its memory is not counted as the client's."""
     process = multiprocessing.get_context("spawn").Process(target=write_model, args=args)
@@ -200,8 +177,8 @@ def scale_benchmark(root: Path, sizes: list[int], memory_limit: str) -> None:
             n_workers=2, threads_per_worker=1, memory_limit=memory_limit, processes=True
         ) as cluster,
         Client(cluster) as client,
-        PeakRSS() as client_memory,
     ):
+        reset_peak_rss()  # the client's peak from here on (the kernel's VmHWM, no sampling)
         print(f"LocalCluster: 2 workers x 1 thread, memory_limit={memory_limit} each")
         warm = {"word": slice(0, 8192)}
         _, seconds = timed(lambda: similarity_grid(speech.isel(warm), text.isel(warm)))
@@ -216,10 +193,11 @@ def scale_benchmark(root: Path, sizes: list[int], memory_limit: str) -> None:
                 f"  {n:>9,} words: {seconds:7.1f} s  {seconds / n * 1e6:7.2f} us/word  ({load()})"
             )
         worker_peak = sum(client.run(peak_rss_bytes).values())
+        client_peak = peak_rss_bytes()
     print(f"time per word, {sizes[-1]:,} / {sizes[0]:,} words: {per_word[-1] / per_word[0]:.2f}x")
     print(
         f"peak resident memory: workers {worker_peak / 1e9:.2f} GB + client "
-        f"{client_memory.peak / 1e9:.2f} GB = {(worker_peak + client_memory.peak) / 1e9:.2f} GB"
+        f"{client_peak / 1e9:.2f} GB = {(worker_peak + client_peak) / 1e9:.2f} GB"
         " (goal < 3 GB)"
     )
 

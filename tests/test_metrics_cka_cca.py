@@ -64,10 +64,12 @@ def related_pair(rng: np.random.Generator, n: int, d1: int, d2: int, offset: flo
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Keep the caller's word chunking, however small, so multi-chunk reductions are exercised."""
+    """Keep the caller's word chunking, however small, so multi-chunk reductions are exercised,
+    and one product panel per layer."""
     monkeypatch.setattr(statistics_module, "_MIN_CHUNK_WORDS", 1)
     monkeypatch.setattr(statistics_module, "_TARGET_CHUNK_BYTES", 1)
     monkeypatch.setattr(statistics_module, "_PRODUCT_WORDS", 16)
+    monkeypatch.setattr(statistics_module, "_PANEL_COLUMNS", 1)  # a product panel per layer
 
 
 def test_cka_matches_the_study_function_and_song_estimator():
@@ -218,7 +220,7 @@ def test_grids_match_pairwise_references_and_use_layer_labels():
     assert list(similarity_grid(a, b, metrics=["cca"]).data_vars) == ["cca"]
 
 
-def test_same_input_uses_the_symmetric_path_and_agrees_with_a_copy():
+def test_same_input_uses_the_symmetric_path_and_agrees_with_a_copy(small_chunks):
     rng = np.random.default_rng(9)
     a = np.stack([related_pair(rng, 250, 7, 1)[0] for _ in range(3)])
     stats = gram_statistics(a, a)

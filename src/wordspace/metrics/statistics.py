@@ -3,8 +3,9 @@
 Every layer-pair metric here (linear CKA, debiased CKA, CCA) is a function of a few sums over
 words: the column sums, each layer's ``XᵀX``, every cross product ``XₐᵀY_b`` and, for debiased
 CKA, sums built from the rows' squared norms. The layers of a block of words are stacked side by
-side, ``(words, layers * dim)``, so every cross product of a block is one BLAS ``gemm`` (and, when
-A is B, one ``syrk``). No ``n × n`` matrix ever exists.
+side, ``(words, layers * dim)``, and the cross products of a block are a few BLAS ``gemm`` calls,
+one per panel of A's layers against all of B's (when A is B, only the panels on and above the
+diagonal). No ``n × n`` matrix ever exists.
 
 The pass. The words are cut into as many equal, contiguous shares as the active Dask scheduler
 runs tasks at once, and each share is a chain of tasks, one per word chunk (or part of a chunk)
@@ -53,6 +54,10 @@ _PRODUCT_WORDS = 4096
 # layers, 46,906 words): 2 chains are as fast as 11, and each further thread pays seconds of
 # CUDA/cuBLAS start-up on its first product (79 s for a first call with 11 threads).
 _GPU_CHAINS = 2
+# Columns of A per product panel (whole layers, at least one). Each panel's float32 product is
+# added into the float64 totals while it is still in cache; one product of two stacked 13 x 768
+# models would be 400 MB of scratch per chain, fresh memory on every call.
+_PANEL_COLUMNS = 1024
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,12 @@ class _Layout:
             offsets[name] = (start, shape)
             start += int(np.prod(shape))
         return offsets
+
+    @property
+    def panel_columns(self) -> int:
+        """Columns of A per product panel: whole layers, about ``_PANEL_COLUMNS``."""
+        dim = self.shape_a[1]
+        return max(1, _PANEL_COLUMNS // dim) * dim
 
     @property
     def size(self) -> int:
@@ -344,13 +355,13 @@ def _add_words(
         sums["dropped"] += len(valid) - n
         sums["sum_a"] += x.sum(axis=0, dtype=np.float64)
         if layout.same:
-            sums["gram_a"] += scratch.matmul(x.T, x)  # syrk: x is one buffer
+            scratch.add_cross(sums["gram_a"], x, x, layout.panel_columns, upper=True)
         else:
             y = rows[1]
             sums["sum_b"] += y.sum(axis=0, dtype=np.float64)
             sums["gram_a"] += scratch.layer_grams(x, la)
             sums["gram_b"] += scratch.layer_grams(y, lb)
-            sums["cross"] += scratch.matmul(x.T, y)
+            scratch.add_cross(sums["cross"], x, y, layout.panel_columns, upper=False)
         if layout.debiased:
             norms = _row_norms(x, la)
             if not layout.same:
@@ -380,6 +391,18 @@ class _Scratch:
     def matmul(self, left: Any, right: Any) -> Any:
         out = self.array("matmul", (left.shape[0], right.shape[1]))
         return self.xp.matmul(left, right, out=out)
+
+    def add_cross(self, total: Any, x: Any, y: Any, panel: int, upper: bool) -> None:
+        """``total += xᵀy``, one ``gemm`` per ``panel`` columns of ``x`` into a small float32
+        scratch. With ``upper`` (``x`` is ``y``) only the blocks on and above the diagonal."""
+        buffer = self.array("panel", (panel * y.shape[1],))
+        for start in range(0, x.shape[1], panel):
+            stop = min(start + panel, x.shape[1])
+            right = y[:, start:] if upper else y
+            out = buffer[: (stop - start) * right.shape[1]].reshape(stop - start, -1)
+            total[start:stop, -right.shape[1] :] += self.xp.matmul(
+                x[:, start:stop].T, right, out=out
+            )
 
     def layer_grams(self, rows: Any, layers: int) -> Any:
         """``XᵢᵀXᵢ`` of each layer's columns of ``rows`` (one syrk each), ``(layers, dim, dim)``."""
@@ -414,6 +437,7 @@ def _finish(total: np.ndarray, layout: _Layout) -> GramStatistics:
     (la, da_), (lb, db) = layout.shape_a, layout.shape_b
     mean_a = s["sum_a"] / n
     if layout.same:
+        _mirror_upper_panels(s["gram_a"], layout.panel_columns)
         cross = _subtract_outer(s["gram_a"], s["sum_a"], mean_a).reshape(la, da_, la, da_)
         gram_a = np.stack([cross[i, :, i, :] for i in range(la)])
         gram_b, mean_b = gram_a, mean_a
@@ -438,6 +462,13 @@ def _finish(total: np.ndarray, layout: _Layout) -> GramStatistics:
     if layout.debiased:
         _add_row_norm_products(stats, s, mean_a.reshape(la, da_), mean_b.reshape(lb, db))
     return stats
+
+
+def _mirror_upper_panels(matrix: np.ndarray, panel: int) -> None:
+    """Fill the blocks below the diagonal panels from those above (all the pass computes)."""
+    for start in range(0, len(matrix), panel):
+        stop = start + panel
+        matrix[stop:, start:stop] = matrix[start:stop, stop:].T
 
 
 def _subtract_outer(target: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:

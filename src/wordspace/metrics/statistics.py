@@ -112,8 +112,8 @@ class _Layout:
     @property
     def panel_columns(self) -> int:
         """Columns of A per product panel: whole layers, about ``_PANEL_COLUMNS``."""
-        dim = self.shape_a[1]
-        return max(1, _PANEL_COLUMNS // dim) * dim
+        layers, dim = self.shape_a
+        return min(layers, max(1, _PANEL_COLUMNS // dim)) * dim
 
     @property
     def size(self) -> int:

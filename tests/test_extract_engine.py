@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wordspace import open_store
+from wordspace import cli, open_store
 from wordspace.errors import WordspaceError
 from wordspace.pipeline.extract import extract_model, group_name
 from wordspace.pipeline.models.base import AudioModelAdapter, FrameGeometry, ModelAdapter
@@ -143,6 +143,27 @@ def test_bad_requests_leave_the_store_unchanged(indexed, client, kwargs, message
 def test_store_without_word_table(tmp_path, client):
     with pytest.raises(WordspaceError, match="no word table"):
         extract_model(str(tmp_path / "none.zarr"), "frame-index", client=client, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+        (["--model", "frame-index", "--layers", "0,7"], "layer 7 is out of range"),
+    ],
+)
+def test_extract_command_rejects_bad_requests_before_starting_a_cluster(
+    indexed, monkeypatch, capsys, argv, message
+):
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a cluster was started for a request that cannot run")
+
+    monkeypatch.setattr(cli, "_cluster", no_cluster)
+    assert cli.main(["extract", indexed, *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert open_store(indexed).models == []
+    assert cli.main(["extract", indexed + ".missing", "--model", "frame-index"]) == 2
+    assert "no word table" in capsys.readouterr().err
 
 
 def test_group_names():

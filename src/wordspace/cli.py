@@ -28,8 +28,9 @@ def _models(args: argparse.Namespace) -> None:
 
 def _extract(args: argparse.Namespace) -> None:
     from wordspace.cluster import torch_device
-    from wordspace.pipeline.extract import extract_model
+    from wordspace.pipeline.extract import ExtractSettings, check_request, extract_model
 
+    check_request(args.store, args.model, ExtractSettings(dtype=args.dtype, layers=args.layers))
     with _cluster(args, default_workers=1) as client:
         summary = extract_model(
             args.store,

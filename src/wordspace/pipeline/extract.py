@@ -265,15 +265,24 @@ class ExtractSettings:
     pack_seconds: float = 0.0
 
 
+def check_request(
+    store_url: str, spec: str, settings: ExtractSettings
+) -> tuple[ModelAdapter, tuple[int, ...]]:
+    """The model's adapter and the layers to keep, once the dtype, the store, the model and the
+    layers are checked: everything a user can get wrong, before a cluster starts or a write."""
+    if settings.dtype not in ("float32", "float16"):
+        raise WordspaceError(f"--dtype {settings.dtype!r}: use float32 or float16")
+    store.root_attrs(store_url)  # a clear error when there is no word table
+    adapter = build_model(spec)
+    return adapter, _parse_layers(settings.layers, len(adapter.layer_names))
+
+
 def plan_blocks(
     store_url: str, spec: str, settings: ExtractSettings
 ) -> tuple[str, list[BlockPlan], int]:
     """Create (or reopen) the model group and plan its unfinished blocks: (group, plans, words)."""
-    if settings.dtype not in ("float32", "float16"):
-        raise WordspaceError(f"--dtype {settings.dtype!r}: use float32 or float16")
+    adapter, chosen = check_request(store_url, spec, settings)
     table = store.open_word_table(store_url, dask=False)
-    adapter = build_model(spec)
-    chosen = _parse_layers(settings.layers, len(adapter.layer_names))
     group = settings.name or group_name(spec)
     n_words = table.sizes["word"]
     block_words = settings.block_words or store.words_per_block(n_words)

@@ -29,13 +29,12 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
-from transformers import AutoConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperModel
+from transformers import AutoConfig, WhisperConfig
 from transformers.audio_utils import mel_filter_bank
-from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from wordspace.errors import WordspaceError
 from wordspace.pipeline.models.base import AudioModelAdapter, FrameGeometry
@@ -43,6 +42,10 @@ from wordspace.pipeline.models.cache import build_once, cache_root
 from wordspace.pipeline.models.ctranslate2_format import ModelIndex, read_index, read_tensors
 from wordspace.pipeline.models.devices import torch_device, torch_dtype
 from wordspace.pipeline.models.registry import ModelEntry, register, register_path_prefix
+
+if TYPE_CHECKING:  # the modeling classes import seconds of transformers: only when loading
+    from transformers import WhisperForConditionalGeneration
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 SAMPLE_RATE = 16_000
 N_FFT = 400
@@ -285,6 +288,8 @@ def _with_weights(model_class: type[ModelT], config: WhisperConfig, state: dict)
 
 def whisper_from_ctranslate2(index: ModelIndex) -> WhisperForConditionalGeneration:
     """The whole Whisper (encoder and decoder) of a CTranslate2 file, float32, in eval mode."""
+    from transformers import WhisperForConditionalGeneration
+
     config = whisper_config_from_ctranslate2(index)
     mapping = _stack("model.encoder", "encoder", config.encoder_layers, decoder=False)
     mapping |= _stack("model.decoder", "decoder", config.decoder_layers, decoder=True)
@@ -294,6 +299,8 @@ def whisper_from_ctranslate2(index: ModelIndex) -> WhisperForConditionalGenerati
 
 def whisper_encoder_from_ctranslate2(index: ModelIndex) -> WhisperEncoder:
     """Only the encoder of a CTranslate2 Whisper (the decoder's weights are not read)."""
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
     config = whisper_config_from_ctranslate2(index)
     mapping = _stack("encoder", "encoder", config.encoder_layers, decoder=False)
     prefix = len("encoder.")
@@ -374,6 +381,8 @@ class TransformersWhisperAdapter(WhisperEncoderAdapter):
         self.checkpoint_path = str(weights[0])
 
     def load_encoder(self) -> WhisperEncoder:
+        from transformers import WhisperModel
+
         model = WhisperModel.from_pretrained(
             self.folder, local_files_only=True, dtype=torch.float32
         )

@@ -1,7 +1,7 @@
 """CKA / CCA layer grids from a Zarr store through Dask, against the study's per-pair function.
 
 Grid mode (default): two random models of 13 layers x 768 over 46,906 words (the study's size),
-float32, written to a Zarr store; times (1) the study's ``linear_CKA`` pair by pair on in-memory
+float32; times (1) the study's ``linear_CKA`` pair by pair on in-memory
 arrays, (2) ``cka_grid`` from the store, (3) ``similarity_grid`` with CKA, debiased CKA and CCA;
 prints each time, GFLOP/s as a share of the single-precision matmul peak measured in this run (on
 the engine's own product shape, before and after every ``cka_grid`` run: each run is compared
@@ -10,7 +10,10 @@ mode (``--scale``): a 500,000-word store of 13 x 768 float16 against a 300-d flo
 2-worker LocalCluster with memory limits; prints time per word from 50,000 to 500,000 words and
 the peak resident memory of the workers and the client together. ``--quick`` shrinks both for a
 smoke test; ``--layers N`` keeps the study's words and width with N x N layers (same per-pair
-work). Every figure is printed with the load average at the time.
+work). The stores are laid out as `wordspace extract` writes a model of that many words (1,024-word
+chunks in shards of one block: 3,072 words at the study's size, 16,384 at 500,000) and opened with
+one block per Dask chunk, as `wordspace compare` opens them. Every figure is printed with the load
+average at the time.
 """
 
 import argparse
@@ -32,6 +35,7 @@ from peak_memory import peak_rss_bytes, reset_peak_rss
 from threadpoolctl import threadpool_limits
 
 from wordspace.metrics import cka_grid, similarity_grid
+from wordspace.storage.store import EMBEDDING_CHUNK_WORDS, words_per_block
 
 
 def linear_CKA(X, Y):  # noqa: N802, N803 - the study's function (thesis 3.3.2), verbatim
@@ -63,20 +67,32 @@ def load() -> str:
     return "load average " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def write_model(path: Path, layers: int, words: int, dim: int, dtype, chunk_words: int, seed):
-    """A random (layer, word, dim) `embedding` written chunk by chunk, uncompressed."""
+def write_model(path: Path, layers: int, words: int, dim: int, dtype, seed: int) -> None:
+    """A random (layer, word, dim) `embedding` laid out as `wordspace extract` lays out a model of
+    that many words (1,024-word chunks in shards of one extraction block), uncompressed."""
+    block = words_per_block(words)
+    chunk = min(EMBEDDING_CHUNK_WORDS, block)
     rng = da.random.default_rng(seed)
-    shape, chunks = (layers, words, dim), (1, chunk_words, dim)
-    values = rng.standard_normal(shape, chunks=chunks, dtype=np.float32).astype(dtype)
-    values = values + da.arange(dim, dtype=dtype) / dim  # non-zero column means
+    values = rng.standard_normal((layers, words, dim), chunks=(1, block, dim), dtype=np.float32)
+    values = values.astype(dtype) + da.arange(dim, dtype=dtype) / dim  # non-zero column means
     ds = xr.Dataset({"embedding": (("layer", "word", "dim"), values)})
     ds = ds.assign_coords(layer=np.arange(layers))
-    encoding = {"embedding": {"compressors": None, "chunks": (1, chunk_words, dim)}}
+    encoding = {
+        "embedding": {
+            "compressors": None,
+            "chunks": (1, chunk, dim),
+            "shards": (1, block, dim) if block > chunk else None,
+        }
+    }
     ds.to_zarr(path, zarr_format=3, consolidated=False, encoding=encoding)
 
 
 def open_model(path: Path) -> xr.DataArray:
-    return xr.open_zarr(path, consolidated=False)["embedding"]
+    """The `embedding` with Dask chunks of one layer by one block, as `open_embedding` gives."""
+    embedding = xr.open_zarr(path, consolidated=False, chunks=None)["embedding"]
+    block = words_per_block(embedding.sizes["word"])
+    chunks = {"layer": 1, "word": block, "dim": -1}
+    return xr.open_zarr(path, consolidated=False, chunks=chunks)["embedding"]
 
 
 def study_grid_in_memory(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
@@ -98,7 +114,7 @@ def grid_benchmark(root: Path, words: int, layers: int, dim: int, repeats: int) 
     too; the ratios use the median ``cka_grid`` run."""
     print(f"== grid: {layers} x {layers} layers of {dim}, {words:,} words, float32 Zarr store")
     for name, seed in (("a", 1), ("b", 2)):
-        write_model(root / name, layers, words, dim, np.float32, 8192, seed)
+        write_model(root / name, layers, words, dim, np.float32, seed)
     a, b = open_model(root / "a"), open_model(root / "b")
     flop = 2 * words * (layers * dim) ** 2  # the cross products alone, as in the issue
 
@@ -166,9 +182,9 @@ def scale_benchmark(root: Path, sizes: list[int], memory_limit: str) -> None:
     total = max(sizes)
     print(f"== scale: {layers} x {dim} float16 vs 1 x {text_dim} float32, up to {total:,} words")
     _, seconds = timed(
-        lambda: write_in_subprocess(root / "speech", layers, total, dim, np.float16, 8192, 3)
+        lambda: write_in_subprocess(root / "speech", layers, total, dim, np.float16, 3)
     )
-    write_in_subprocess(root / "text", 1, total, text_dim, np.float32, 8192, 4)
+    write_in_subprocess(root / "text", 1, total, text_dim, np.float32, 4)
     print(f"stores written in {seconds:.0f} s  ({load()})")
     speech, text = open_model(root / "speech"), open_model(root / "text")
     logging.getLogger("distributed.worker.memory").setLevel(logging.ERROR)

@@ -61,7 +61,7 @@ def test_memory_limit():
             worker_memory_limit(bad, 2)
 
 
-def test_unreachable_scheduler_and_missing_file_are_one_line_errors(tmp_path, capsys):
+def test_unreachable_scheduler_and_missing_file_are_one_line_errors(tmp_path, indexed, capsys):
     with (
         pytest.raises(WordspaceError, match="--scheduler-file .*no such file"),
         dask_client(scheduler_file=str(tmp_path / "none.json")),
@@ -73,7 +73,7 @@ def test_unreachable_scheduler_and_missing_file_are_one_line_errors(tmp_path, ca
         dask_client(f"tcp://127.0.0.1:{free_port()}"),
     ):
         pass
-    assert main(["extract", str(tmp_path), "--model", "x", "--memory-limit", "much"]) == 2
+    assert main(["extract", indexed, "--model", "mfcc", "--memory-limit", "much"]) == 2
     assert "--memory-limit 'much'" in capsys.readouterr().err
 
 

@@ -35,7 +35,7 @@ from peak_memory import peak_rss_bytes, reset_peak_rss
 from threadpoolctl import threadpool_limits
 
 from wordspace.metrics import cka_grid, similarity_grid
-from wordspace.storage.store import EMBEDDING_CHUNK_WORDS, words_per_block
+from wordspace.storage.store import embedding_chunks, words_per_block
 
 
 def linear_CKA(X, Y):  # noqa: N802, N803 - the study's function (thesis 3.3.2), verbatim
@@ -71,19 +71,13 @@ def write_model(path: Path, layers: int, words: int, dim: int, dtype, seed: int)
     """A random (layer, word, dim) `embedding` laid out as `wordspace extract` lays out a model of
     that many words (1,024-word chunks in shards of one extraction block), uncompressed."""
     block = words_per_block(words)
-    chunk = min(EMBEDDING_CHUNK_WORDS, block)
+    chunks, shards = embedding_chunks(block, dim)
     rng = da.random.default_rng(seed)
     values = rng.standard_normal((layers, words, dim), chunks=(1, block, dim), dtype=np.float32)
     values = values.astype(dtype) + da.arange(dim, dtype=dtype) / dim  # non-zero column means
     ds = xr.Dataset({"embedding": (("layer", "word", "dim"), values)})
     ds = ds.assign_coords(layer=np.arange(layers))
-    encoding = {
-        "embedding": {
-            "compressors": None,
-            "chunks": (1, chunk, dim),
-            "shards": (1, block, dim) if block > chunk else None,
-        }
-    }
+    encoding = {"embedding": {"compressors": None, "chunks": chunks, "shards": shards}}
     ds.to_zarr(path, zarr_format=3, consolidated=False, encoding=encoding)
 
 

@@ -150,6 +150,16 @@ def words_per_block(n_words: int) -> int:
     return int(min(MAX_WORDS_PER_BLOCK, max(EMBEDDING_CHUNK_WORDS, per_block)))
 
 
+def embedding_chunks(
+    block_words: int, dim: int
+) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
+    """Zarr chunks and shards of a model's `embedding`: one layer by up to 1,024 words, in
+    shards of one extraction block (None when a block is a single chunk)."""
+    chunk_words = min(EMBEDDING_CHUNK_WORDS, block_words)
+    shards = (1, block_words, dim) if block_words > chunk_words else None
+    return (1, chunk_words, dim), shards
+
+
 def create_embedding(
     url: str | os.PathLike,
     model: str,
@@ -180,15 +190,15 @@ def create_embedding(
                 "pass --name to store this run under another name, or --overwrite"
             )
         return
-    chunk_words = min(EMBEDDING_CHUNK_WORDS, block_words)
+    chunks, shards = embedding_chunks(block_words, dim)
     group = root.create_group(path)
     n_blocks = -(-n_words // block_words)
     group.create_array(
         "embedding",
         shape=shape,
         dtype=dtype,
-        chunks=(1, chunk_words, dim),
-        shards=(1, block_words, dim) if block_words > chunk_words else None,
+        chunks=chunks,
+        shards=shards,
         # Model activations barely compress (zstd saves 7-10 %) and compressing them took longer
         # than a small text model's forward pass: stored raw, written and read at disk speed.
         compressors=None,

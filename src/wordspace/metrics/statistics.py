@@ -394,15 +394,23 @@ class _Scratch:
 
     def add_cross(self, total: Any, x: Any, y: Any, panel: int, upper: bool) -> None:
         """``total += xᵀy``, one ``gemm`` per ``panel`` columns of ``x`` into a small float32
-        scratch. With ``upper`` (``x`` is ``y``) only the blocks on and above the diagonal."""
+        scratch. With ``upper`` (``x`` is ``y``) only the blocks on and above the diagonal:
+        the diagonal block as ``leftᵀleft`` (a ``syrk``, half the flops), then one ``gemm``."""
         buffer = self.array("panel", (panel * y.shape[1],))
         for start in range(0, x.shape[1], panel):
             stop = min(start + panel, x.shape[1])
-            right = y[:, start:] if upper else y
-            out = buffer[: (stop - start) * right.shape[1]].reshape(stop - start, -1)
-            total[start:stop, -right.shape[1] :] += self.xp.matmul(
-                x[:, start:stop].T, right, out=out
-            )
+            left = x[:, start:stop]
+            if upper:
+                self._add_product(total[start:stop, start:stop], left, left, buffer)
+            first = stop if upper else 0
+            if first < y.shape[1]:
+                self._add_product(total[start:stop, first:], left, y[:, first:], buffer)
+
+    def _add_product(self, target: Any, left: Any, right: Any, buffer: Any) -> None:
+        """``target += leftᵀright``, the product computed in ``buffer`` (numpy takes
+        ``leftᵀleft`` of one array as a ``syrk``)."""
+        out = buffer[: target.size].reshape(target.shape)
+        target += self.xp.matmul(left.T, right, out=out)
 
     def layer_grams(self, rows: Any, layers: int) -> Any:
         """``XᵢᵀXᵢ`` of each layer's columns of ``rows`` (one syrk each), ``(layers, dim, dim)``."""

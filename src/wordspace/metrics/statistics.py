@@ -344,21 +344,29 @@ def _add_words(
             )
             for i, (input_blocks, shift) in enumerate(zip(blocks, shifts, strict=True))
         ]
-        valid = _finite_rows(rows[0], "A")
-        if not layout.same:
-            valid &= _finite_rows(rows[1], "B")
-        n = int(valid.sum())
-        if n < len(valid):
+        # Column sums first, one gemv each: a NaN or inf anywhere makes them non-finite, so the
+        # rows are checked one by one only in chunks that have such values.
+        part_words = len(rows[0])
+        ones = scratch.array("ones", (part_words,))
+        ones.fill(1)
+        column_sums = [ones @ r for r in rows]
+        n = part_words
+        if not all(bool(xp.isfinite(c).all()) for c in column_sums):
+            valid = _finite_rows(rows[0], "A")
+            if not layout.same:
+                valid &= _finite_rows(rows[1], "B")
             rows = [r[valid] for r in rows]
+            column_sums = [r.sum(axis=0, dtype=np.float64) for r in rows]
+            n = int(valid.sum())
         x = y = rows[0]
         sums["n"] += n
-        sums["dropped"] += len(valid) - n
-        sums["sum_a"] += x.sum(axis=0, dtype=np.float64)
+        sums["dropped"] += part_words - n
+        sums["sum_a"] += column_sums[0]
         if layout.same:
             scratch.add_cross(sums["gram_a"], x, x, layout.panel_columns, upper=True)
         else:
             y = rows[1]
-            sums["sum_b"] += y.sum(axis=0, dtype=np.float64)
+            sums["sum_b"] += column_sums[1]
             sums["gram_a"] += scratch.layer_grams(x, la)
             sums["gram_b"] += scratch.layer_grams(y, lb)
             scratch.add_cross(sums["cross"], x, y, layout.panel_columns, upper=False)

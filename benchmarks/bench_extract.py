@@ -111,7 +111,9 @@ def main() -> None:
                 )
                 (forward_after,) = client.run(forward_seconds, spec).values()
                 forward = forward_after - forward_before
-                stored = xr.open_zarr(url, group=f"models/{spec}-run{run}")["embedding"]
+                stored = xr.open_zarr(url, group=f"models/{spec}-run{run}", consolidated=False)[
+                    "embedding"
+                ]
                 chunk_bytes = int(np.prod(stored.encoding["chunks"])) * stored.dtype.itemsize
                 (writing,) = client.run(
                     plain_write_seconds, str(workdir / f"plain-{run}"), stored.nbytes, chunk_bytes

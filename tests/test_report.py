@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 from conftest import PHONES, build_corpus
 
-from wordspace.cli import main
+from wordspace.cli import ANALYSIS_NAMES, main
 from wordspace.metrics import similarity_grid
 from wordspace.pipeline.analyses import ANALYSES, run_study
 from wordspace.pipeline.index import index_corpus
@@ -106,6 +107,16 @@ def test_analyze_command_prints_a_reading_and_writes_figures(study_store, tmp_pa
     assert (tmp_path / "heatmaps__speechy__glove-mini.svg").exists()
     assert main(["analyze", "asif", url, "--a", "speechy"]) == 2
     assert "--b" in capsys.readouterr().err
+
+
+def test_the_command_line_knows_every_analysis_without_importing_them():
+    assert tuple(ANALYSES) == ANALYSIS_NAMES
+    probe = (
+        "import sys; from wordspace.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('xarray', 'wordspace.pipeline.analyses') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stderr
 
 
 def _chromium() -> str | None:

@@ -344,8 +344,8 @@ def _add_words(
             )
             for i, (input_blocks, shift) in enumerate(zip(blocks, shifts, strict=True))
         ]
-        # Column sums first, one gemv each: a NaN or inf anywhere makes them non-finite, so the
-        # rows are checked one by one only in chunks that have such values.
+        # Column sums first, one gemv each: a NaN or inf anywhere makes them non-finite, so rows
+        # are checked one by one only in parts that hold such values (or sums that overflow).
         part_words = len(rows[0])
         ones = scratch.array("ones", (part_words,))
         ones.fill(1)

@@ -1,5 +1,8 @@
 """ASIF retrieval: exact agreement with a dense implementation, streaming invariances, bad input."""
 
+import warnings
+
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -15,7 +18,7 @@ from wordspace.metrics import (
     asif_sweep,
     topk,
 )
-from wordspace.metrics.asif import _view_blocks
+from wordspace.metrics._blocks import in_memory_blocks
 from wordspace.metrics.topk import (
     anchor_major,
     merge_top,
@@ -229,6 +232,24 @@ def test_grid_streams_many_candidate_blocks_with_identical_results():
 
 def test_numpy_inputs_are_split_into_views_not_copied():
     x = np.arange(40.0).reshape(10, 4)
-    blocks = _view_blocks(x, 3).to_delayed().ravel()
+    blocks = in_memory_blocks(x, 3, axis=0).to_delayed().ravel()
     assert [len(block.compute()) for block in blocks] == [3, 3, 3, 1]
     assert all(np.shares_memory(block.compute(), x) for block in blocks)
+    stacked = np.arange(60.0).reshape(2, 10, 3)
+    by_word = in_memory_blocks(stacked, 4, axis=1)
+    assert by_word.chunks == ((2,), (4, 4, 2), (3,))
+    np.testing.assert_array_equal(by_word.compute(), stacked)
+
+
+# Last in the file: the module-scoped client stays the default scheduler once it exists.
+def test_in_memory_inputs_reach_a_cluster_outside_the_task_graph(client):
+    rng = np.random.default_rng(7)
+    anchors_x, anchors_y = rng.standard_normal((2, 6000, 256)).astype(np.float32)  # 12 MB
+    queries_x, candidates_y = anchors_x[:50] + 0.1, anchors_y
+    retrieve = dict(k=20, p=4, top=3)
+    with dask.config.set(scheduler="sync"):
+        expected = asif_retrieve(anchors_x, anchors_y, queries_x, candidates_y, **retrieve)
+    with warnings.catch_warnings():  # distributed warns when a graph passes 10 MB
+        warnings.filterwarnings("error", message="Sending large graph")
+        got = asif_retrieve(anchors_x, anchors_y, queries_x, candidates_y, **retrieve)
+    np.testing.assert_array_equal(got, expected)

@@ -1,5 +1,7 @@
 """Linear CKA (biased, debiased) and CCA against straightforward numpy formulas."""
 
+import warnings
+
 import dask
 import dask.array as da
 import numpy as np
@@ -341,3 +343,16 @@ def test_distributed_client_gives_the_same_grid(client, small_chunks):
     got = similarity_grid(da.from_array(a, chunks=(1, 40, 4)), da.from_array(b, chunks=(2, 50, 3)))
     for name in expected.data_vars:
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-6)
+
+
+def test_in_memory_inputs_reach_a_cluster_outside_the_task_graph(client):
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((3, 12_000, 100)).astype(np.float32)  # 14 MB
+    b = rng.standard_normal((12_000, 20)).astype(np.float32)
+    with dask.config.set(scheduler="sync"):
+        expected = similarity_grid(a, b)
+    with warnings.catch_warnings():  # distributed warns when a graph passes 10 MB
+        warnings.filterwarnings("error", message="Sending large graph")
+        got = similarity_grid(a, b)
+    for name in expected.data_vars:  # near-zero values (independent data): atol
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-6, atol=1e-9)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask
 import numpy as np
 import pytest
 
@@ -97,3 +98,17 @@ def test_bad_weights_and_groups_are_one_clear_error():
         resampled_statistics(a, b, groups, np.ones((2, 3)))
     with pytest.raises(WordspaceError, match="one group label per word"):
         resampled_statistics(a, b, groups[:-1], np.ones((1, 25)))
+
+
+# Last in the file: the module-scoped client stays the default scheduler once it exists.
+def test_resamples_stay_in_this_process_under_a_distributed_client(client):
+    a, b, groups = _data(seed=6)
+    weights = group_bootstrap(groups, 2, np.random.default_rng(6))
+    with dask.config.set(scheduler="sync"):
+        expected = [s.cross for s in resampled_statistics(a, b, groups, weights)]
+    got = [s.cross for s in resampled_statistics(a, b, groups, weights)]
+    for cross, want in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(cross, want)
+    assert client.run(lambda dask_worker: len(dask_worker.data)) == {
+        address: 0 for address in client.scheduler_info()["workers"]
+    }

@@ -25,6 +25,7 @@ import xarray as xr
 
 from wordspace.errors import WordspaceError
 from wordspace.metrics._backend import array_module, to_numpy
+from wordspace.metrics._blocks import in_memory_blocks
 from wordspace.metrics.topk import (
     TopState,
     anchor_major,
@@ -51,18 +52,6 @@ def _data(x: Any) -> Any:
     return x.data if isinstance(x, xr.DataArray) else x
 
 
-def _view_blocks(x: Any, rows: int) -> da.Array:
-    """A numpy or cupy array as a dask array of ``rows``-long blocks along its first axis that
-    are views of it (``da.from_array`` and dask's slicing would copy the caller's array)."""
-    starts = range(0, max(len(x), 1), rows)
-    blocks = [
-        da.from_delayed(dask.delayed(x[i : i + rows], pure=False), x[i : i + rows].shape,
-                        dtype=x.dtype, meta=x[:0])
-        for i in starts
-    ]  # fmt: skip
-    return da.concatenate(blocks) if len(blocks) > 1 else blocks[0]
-
-
 def _as_dask(x: Any, name: str, rows: int) -> da.Array:
     x = _data(x)
     if not hasattr(x, "shape"):
@@ -70,7 +59,7 @@ def _as_dask(x: Any, name: str, rows: int) -> da.Array:
     if x.ndim != 2 or x.shape[1] == 0:
         raise WordspaceError(f"{name}: expected a (rows, dim) array, got shape {x.shape}")
     if not isinstance(x, da.Array):
-        x = _view_blocks(x, rows)
+        x = in_memory_blocks(x, rows, axis=0)
     if not np.issubdtype(x.dtype, np.floating):
         raise WordspaceError(f"{name}: expected floating-point values, got {x.dtype}")
     return x
@@ -429,7 +418,7 @@ def _layers(x: Any, name: str) -> tuple[da.Array, np.ndarray]:
     if not hasattr(x, "shape"):
         x = np.asarray(x)
     if not isinstance(x, da.Array):
-        x = _view_blocks(x, 1 if x.ndim == 3 else max(len(x), 1))
+        x = in_memory_blocks(x, 1 if x.ndim == 3 else max(len(x), 1), axis=0)
     if x.ndim == 2:
         x = x[None]
     if x.ndim != 3:

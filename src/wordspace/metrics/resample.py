@@ -10,6 +10,7 @@ exactly those of the duplicated rows (`gram_statistics` of the resampled words).
 
 from typing import Any
 
+import dask
 import numpy as np
 
 from wordspace.errors import WordspaceError
@@ -76,8 +77,10 @@ def resampled_statistics(
 
 
 def _in_memory_stack(x: Any, name: str) -> np.ndarray:
-    # Computed here, not on a cluster: the arrays are in memory and shipping them costs more.
-    return np.asarray(as_layer_stack(x, name).compute(scheduler="sync"))
+    # Computed here, not on a cluster: the arrays are in memory and shipping them costs more
+    # (set before `as_layer_stack`, which would otherwise scatter them to the cluster's workers).
+    with dask.config.set(scheduler="sync"):
+        return np.asarray(as_layer_stack(x, name).compute())
 
 
 def _centred_rows(stack: np.ndarray, dtype: np.dtype) -> np.ndarray:

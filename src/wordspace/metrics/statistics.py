@@ -40,6 +40,7 @@ from threadpoolctl import threadpool_limits
 
 from wordspace.errors import WordspaceError
 from wordspace.metrics._backend import array_module, to_numpy
+from wordspace.metrics._blocks import in_memory_blocks
 
 # Words per chunk are raised (by merging chunks) to at least this many, and to about
 # _TARGET_CHUNK_BYTES of input, so Dask's per-task overhead stays small next to the scratch.
@@ -178,7 +179,7 @@ def as_layer_stack(x: Any, name: str) -> da.Array:
         x = x.astype(np.float64)
     if not isinstance(x, da.Array):
         words = _chunk_words(x.shape[0] * x.shape[2] * x.dtype.itemsize)
-        x = da.from_array(x, chunks=(-1, words, -1), asarray=False)
+        x = in_memory_blocks(x, words, axis=1)
     return x
 
 

@@ -1,7 +1,7 @@
 """CKA / CCA layer grids from a Zarr store through Dask, against the study's per-pair function.
 
 Grid mode (default): two random models of 13 layers x 768 over 46,906 words (the study's size),
-float32; times (1) the study's ``linear_CKA`` pair by pair on in-memory
+float32, written to Zarr stores; times (1) the study's ``linear_CKA`` pair by pair on in-memory
 arrays, (2) ``cka_grid`` from the store, (3) ``similarity_grid`` with CKA, debiased CKA and CCA;
 prints each time, GFLOP/s as a share of the single-precision matmul peak measured in this run (on
 the engine's own product shape, before and after every ``cka_grid`` run: each run is compared
@@ -81,11 +81,9 @@ def write_model(path: Path, layers: int, words: int, dim: int, dtype, seed: int)
     ds.to_zarr(path, zarr_format=3, consolidated=False, encoding=encoding)
 
 
-def open_model(path: Path) -> xr.DataArray:
+def open_model(path: Path, words: int) -> xr.DataArray:
     """The `embedding` with Dask chunks of one layer by one block, as `open_embedding` gives."""
-    embedding = xr.open_zarr(path, consolidated=False, chunks=None)["embedding"]
-    block = words_per_block(embedding.sizes["word"])
-    chunks = {"layer": 1, "word": block, "dim": -1}
+    chunks = {"layer": 1, "word": words_per_block(words), "dim": -1}
     return xr.open_zarr(path, consolidated=False, chunks=chunks)["embedding"]
 
 
@@ -108,7 +106,7 @@ def grid_benchmark(root: Path, words: int, layers: int, dim: int, repeats: int) 
     print(f"== grid: {layers} x {layers} layers of {dim}, {words:,} words, float32 Zarr store")
     for name, seed in (("a", 1), ("b", 2)):
         write_model(root / name, layers, words, dim, np.float32, seed)
-    a, b = open_model(root / "a"), open_model(root / "b")
+    a, b = open_model(root / "a", words), open_model(root / "b", words)
     flop = 2 * words * (layers * dim) ** 2  # the cross products alone, as in the issue
 
     study_grid, t_study = study_grid_in_memory(a.values, b.values)
@@ -182,7 +180,7 @@ def scale_benchmark(root: Path, sizes: list[int], memory_limit: str) -> None:
     )
     write_in_subprocess(root / "text", 1, total, text_dim, np.float32, 4)
     print(f"stores written in {seconds:.0f} s  ({load()})")
-    speech, text = open_model(root / "speech"), open_model(root / "text")
+    speech, text = open_model(root / "speech", total), open_model(root / "text", total)
     logging.getLogger("distributed.worker.memory").setLevel(logging.ERROR)
     with (
         LocalCluster(

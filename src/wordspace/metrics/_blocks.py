@@ -9,9 +9,10 @@ import dask.array as da
 import dask.base
 
 
-def _distributed_client() -> Any:
-    """The distributed client dask computes with now, or None."""
-    client = getattr(dask.base.get_scheduler(), "__self__", None)
+def distributed_client(scheduler: Any = None) -> Any:
+    """The distributed client behind ``scheduler`` (default: the one dask computes with now), or
+    None for the local schedulers."""
+    client = getattr(scheduler or dask.base.get_scheduler(), "__self__", None)
     return client if hasattr(client, "scatter") else None
 
 
@@ -23,7 +24,7 @@ def in_memory_blocks(x: Any, size: int, axis: int) -> da.Array:
     """
     starts = range(0, max(x.shape[axis], 1), size)
     pieces = [x[(slice(None),) * axis + (slice(start, start + size),)] for start in starts]
-    client = _distributed_client()
+    client = distributed_client()
     if client is not None:
         values = client.scatter(pieces, hash=False)
     else:

@@ -40,7 +40,7 @@ from threadpoolctl import threadpool_limits
 
 from wordspace.errors import WordspaceError
 from wordspace.metrics._backend import array_module, to_numpy
-from wordspace.metrics._blocks import in_memory_blocks
+from wordspace.metrics._blocks import distributed_client, in_memory_blocks
 
 # Words per chunk are raised (by merging chunks) to at least this many, and to about
 # _TARGET_CHUNK_BYTES of input, so Dask's per-task overhead stays small next to the scratch.
@@ -261,8 +261,8 @@ def _equal_shares(chunk_words: tuple[int, ...], shares: int) -> list[list[tuple[
 
 def _concurrent_tasks(scheduler: Any, on_gpu: bool) -> int:
     """How many tasks ``scheduler`` should run at once (a distributed client's threads in all)."""
-    client = getattr(scheduler, "__self__", None)
-    if hasattr(client, "nthreads"):
+    client = distributed_client(scheduler)
+    if client is not None:
         return max(1, sum(client.nthreads().values()))
     if scheduler is dask.threaded.get and on_gpu:
         return _GPU_CHAINS

@@ -277,16 +277,23 @@ def check_request(
     return adapter, _parse_layers(settings.layers, len(adapter.layer_names))
 
 
+# Word-table columns that plans are made of (words' first, then utterances').
+_PLAN_COLUMNS = [
+    *("text", "start", "end", "utterance_index", "speaker", "chapter"),
+    *("utterance_id", "audio_path", "duration", "transcript"),
+]
+
+
 def plan_blocks(
     store_url: str, spec: str, settings: ExtractSettings
 ) -> tuple[str, list[BlockPlan], int]:
     """Create (or reopen) the model group and plan its unfinished blocks: (group, plans, words)."""
     adapter, chosen = check_request(store_url, spec, settings)
-    table = store.open_word_table(store_url, dask=False)
+    root, columns = store.read_word_columns(store_url, _PLAN_COLUMNS)
     group = settings.name or group_name(spec)
-    n_words = table.sizes["word"]
+    n_words = len(columns["text"])
     block_words = settings.block_words or store.words_per_block(n_words)
-    store.create_embedding(
+    created = store.create_embedding(
         store_url,
         group,
         layer_names=[adapter.layer_names[index] for index in chosen],
@@ -300,23 +307,19 @@ def plan_blocks(
             "pack_seconds": settings.pack_seconds,
         },
     )
-    stored_packing = store.model_attrs(store_url, group).get("pack_seconds", 0.0)
-    if stored_packing != settings.pack_seconds:
-        raise WordspaceError(
-            f"{store_url}: models/{group} was extracted with --pack-seconds {stored_packing}; "
-            "resume with the same value or pass --name to store this run separately"
-        )
-    todo = store.incomplete_blocks(store_url, group)
+    if created:
+        todo = list(range(-(-n_words // block_words)))
+    else:
+        stored_packing = store.model_attrs(store_url, group).get("pack_seconds", 0.0)
+        if stored_packing != settings.pack_seconds:
+            raise WordspaceError(
+                f"{store_url}: models/{group} was extracted with --pack-seconds {stored_packing}; "
+                "resume with the same value or pass --name to store this run separately"
+            )
+        todo = store.incomplete_blocks(store_url, group)
     if not todo:
         return group, [], n_words
-    names = ("text", "start", "end", "utterance_index", "speaker", "chapter")
-    words = {column: table[column].values for column in names}
-    utterance_table = {
-        column: table[column].values
-        for column in ("utterance_id", "audio_path", "duration", "transcript")
-    }
-    corpus_root = store.root_attrs(store_url)["corpus_root"]
-    boundaries = np.flatnonzero(np.diff(words["utterance_index"])) + 1
+    boundaries = np.flatnonzero(np.diff(columns["utterance_index"])) + 1
     utterance_first = np.concatenate([[0], boundaries])
     utterance_stop = np.concatenate([boundaries, [n_words]])
     plans = []
@@ -327,18 +330,18 @@ def plan_blocks(
         utterances = []
         for row in range(first_utt, last_utt):
             first, end = int(utterance_first[row]), int(utterance_stop[row])
-            index = int(words["utterance_index"][first])
+            index = int(columns["utterance_index"][first])
             utterances.append(
                 {
-                    "id": str(utterance_table["utterance_id"][index]),
-                    "audio_path": str(utterance_table["audio_path"][index]),
-                    "duration": float(utterance_table["duration"][index]),
-                    "transcript": str(utterance_table["transcript"][index]),
-                    "words": [str(word) for word in words["text"][first:end]],
-                    "starts": words["start"][first:end].astype(np.float64),
-                    "ends": words["end"][first:end].astype(np.float64),
+                    "id": str(columns["utterance_id"][index]),
+                    "audio_path": str(columns["audio_path"][index]),
+                    "duration": float(columns["duration"][index]),
+                    "transcript": str(columns["transcript"][index]),
+                    "words": [str(word) for word in columns["text"][first:end]],
+                    "starts": columns["start"][first:end].astype(np.float64),
+                    "ends": columns["end"][first:end].astype(np.float64),
                     "first_word": first,
-                    "reading": f"{words['speaker'][first]}/{words['chapter'][first]}",
+                    "reading": f"{columns['speaker'][first]}/{columns['chapter'][first]}",
                 }
             )
         plans.append(
@@ -356,7 +359,7 @@ def plan_blocks(
                 dim=adapter.dim,
                 batch_seconds=settings.batch_seconds,
                 pack_seconds=settings.pack_seconds,
-                corpus_root=corpus_root,
+                corpus_root=root["corpus_root"],
                 utterances=utterances,
             )
         )

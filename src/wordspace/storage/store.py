@@ -13,18 +13,23 @@ block of words at a time, each block marked complete after its data.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 import zarr
-from zarr.storage import FsspecStore, LocalStore
+import zarr.api.asynchronous
+from zarr.core.sync import sync  # runs coroutines on zarr's own I/O loop
+from zarr.storage import FsspecStore
 
 from wordspace.errors import WordspaceError
+from wordspace.storage.local import DirectWriteLocalStore
 from wordspace.storage.word_table import WordTable, write_columns
 
 COMPLETE = "wordspace_complete"
@@ -46,7 +51,7 @@ def _local_path(url: str | os.PathLike) -> Path:
 def zarr_store(url: str | os.PathLike, read_only: bool = False) -> zarr.abc.store.Store:
     """A Zarr store object for a local path or an fsspec URL (s3://, gs://, memory://, ...)."""
     if is_local(url):
-        return LocalStore(_local_path(url), read_only=read_only)
+        return DirectWriteLocalStore(_local_path(url), read_only=read_only)
     return FsspecStore.from_url(str(url), read_only=read_only)
 
 
@@ -90,7 +95,7 @@ def write_word_table(url: str | os.PathLike, table: WordTable) -> bool:
         final = _local_path(url)
         partial = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
         try:
-            write(LocalStore(partial))
+            write(DirectWriteLocalStore(partial))
             if final.exists():
                 shutil.rmtree(final)
             partial.rename(final)
@@ -115,10 +120,14 @@ def _remove_remote(url: str) -> None:
 
 def _require_store(url: str | os.PathLike) -> None:
     if not store_exists(url):
-        raise WordspaceError(
-            f"{url}: no word table here; create the store first with "
-            "`wordspace index CORPUS --alignments ALIGN --store STORE`"
-        )
+        raise _no_word_table(url)
+
+
+def _no_word_table(url: str | os.PathLike) -> WordspaceError:
+    return WordspaceError(
+        f"{url}: no word table here; create the store first with "
+        "`wordspace index CORPUS --alignments ALIGN --store STORE`"
+    )
 
 
 def open_word_table(url: str | os.PathLike, *, dask: bool = True) -> xr.Dataset:
@@ -131,6 +140,28 @@ def open_word_table(url: str | os.PathLike, *, dask: bool = True) -> xr.Dataset:
         zarr_format=3,
         **({} if dask else {"chunks": None}),
     )
+
+
+def read_word_columns(
+    url: str | os.PathLike, names: list[str]
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The root's attributes and the named word-table columns, whole, read concurrently."""
+    try:
+        attrs, columns = sync(_read_root_arrays(zarr_store(url, read_only=True), names))
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
+        raise _no_word_table(url) from None
+    if not attrs.get(COMPLETE):
+        raise _no_word_table(url)
+    return attrs, columns
+
+
+async def _read_root_arrays(
+    zarr_root: zarr.abc.store.Store, names: list[str]
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    root = await zarr.api.asynchronous.open_group(store=zarr_root, mode="r")
+    arrays = await asyncio.gather(*(root.getitem(name) for name in names))
+    values = await asyncio.gather(*(array.getitem(...) for array in arrays))
+    return dict(root.attrs), dict(zip(names, values, strict=True))
 
 
 def root_attrs(url: str | os.PathLike) -> dict[str, Any]:
@@ -170,63 +201,87 @@ def create_embedding(
     dtype: str,
     block_words: int,
     attrs: dict[str, Any],
-) -> None:
-    """Create `/models/<model>` (or check that the existing one has the same shape and settings)."""
-    _require_store(url)
-    root = zarr.open_group(zarr_store(url), mode="r+")
+) -> bool:
+    """Create `/models/<model>`, or check that the existing one has the same shape and settings;
+    True when it was created (so every block is still to do)."""
+    layout = EmbeddingLayout(len(layer_names), n_words, dim, dtype, block_words)
+    try:
+        return sync(_create_model_group(url, model, layout, layer_names, attrs))
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise _no_word_table(url) from None
+
+
+@dataclass(frozen=True)
+class EmbeddingLayout:
+    """Shape, dtype and extraction blocks of a model's `embedding`."""
+
+    layers: int
+    words: int
+    dim: int
+    dtype: str
+    block_words: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.layers, self.words, self.dim)
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.words // self.block_words)
+
+
+async def _create_model_group(
+    url: str | os.PathLike,
+    model: str,
+    layout: EmbeddingLayout,
+    layer_names: list[str],
+    attrs: dict[str, Any],
+) -> bool:
+    """The model group and its arrays (their metadata written concurrently), unless it exists."""
+    root = await zarr.api.asynchronous.open_group(store=zarr_store(url), mode="r+")
+    if not root.attrs.get(COMPLETE):
+        raise _no_word_table(url)
     path = model_group_path(model)
-    shape = (len(layer_names), n_words, dim)
-    if path in root:
-        existing = root[path]
-        same = (
-            existing["embedding"].shape == shape
-            and str(existing["embedding"].dtype) == dtype
-            and existing.attrs.get("block_words") == block_words
-        )
-        if not same:
+    if await root.contains(path):
+        existing_group = await root.getitem(path)
+        existing = await existing_group.getitem("embedding")
+        existing_block = existing_group.attrs.get("block_words")
+        if (existing.shape, str(existing.dtype), existing_block) != (
+            layout.shape,
+            layout.dtype,
+            layout.block_words,
+        ):
             raise WordspaceError(
                 f"{url}: model group {model!r} exists with another shape, dtype or block size "
-                f"({existing['embedding'].shape}, {existing['embedding'].dtype}); "
+                f"({existing.shape}, {existing.dtype}); "
                 "pass --name to store this run under another name, or --overwrite"
             )
-        return
-    chunks, shards = embedding_chunks(block_words, dim)
-    group = root.create_group(path)
-    n_blocks = -(-n_words // block_words)
-    group.create_array(
-        "embedding",
-        shape=shape,
-        dtype=dtype,
-        chunks=chunks,
-        shards=shards,
-        # Model activations barely compress (zstd saves 7-10 %) and compressing them took longer
-        # than a small text model's forward pass: stored raw, written and read at disk speed.
-        compressors=None,
-        fill_value=np.nan,
-        dimension_names=("layer", "word", "dim"),
+        return False
+    group = await root.create_group(
+        path, attributes={**attrs, "block_words": layout.block_words, "n_blocks": layout.blocks}
     )
-    layer = group.create_array(
-        "layer", shape=(len(layer_names),), dtype=str, dimension_names=("layer",)
+    chunks, shards = embedding_chunks(layout.block_words, layout.dim)
+    flags = {"shape": (layout.blocks,), "chunks": (1,), "dimension_names": ("block",)}
+    _, layer, _, _ = await asyncio.gather(
+        group.create_array(
+            "embedding",
+            shape=layout.shape,
+            dtype=layout.dtype,
+            chunks=chunks,
+            shards=shards,
+            # Model activations barely compress (zstd saves 7-10 %) and compressing them took
+            # longer than a small text model's forward pass: stored raw, at disk speed.
+            compressors=None,
+            fill_value=np.nan,
+            dimension_names=("layer", "word", "dim"),
+        ),
+        group.create_array("layer", shape=(layout.layers,), dtype=str, dimension_names=("layer",)),
+        # One chunk per flag, so concurrent writers of different blocks never share an object.
+        group.create_array("block_complete", dtype="uint8", fill_value=0, **flags),
+        group.create_array("block_missing_words", dtype="int64", fill_value=0, **flags),
     )
-    layer[:] = np.asarray(layer_names, dtype=object)
-    # One chunk per flag, so concurrent writers of different blocks never touch the same object.
-    group.create_array(
-        "block_complete",
-        shape=(n_blocks,),
-        dtype="uint8",
-        chunks=(1,),
-        fill_value=0,
-        dimension_names=("block",),
-    )
-    group.create_array(
-        "block_missing_words",
-        shape=(n_blocks,),
-        dtype="int64",
-        chunks=(1,),
-        fill_value=0,
-        dimension_names=("block",),
-    )
-    group.update_attributes({**attrs, "block_words": block_words, "n_blocks": n_blocks})
+    await layer.setitem(slice(None), np.asarray(layer_names, dtype=object))
+    return True
 
 
 def delete_model(url: str | os.PathLike, model: str) -> None:
@@ -254,17 +309,27 @@ def write_embedding_block(
     url: str | os.PathLike, model: str, block: int, values: np.ndarray
 ) -> None:
     """Write (layers, block words, dim) into block `block`, then mark it complete."""
-    group = zarr.open_group(zarr_store(url), path=model_group_path(model), mode="r+")
-    # Blocks are written whole: zarr's default first compares every chunk with the fill value, a
-    # pass over the block (with temporaries) that only serves to skip all-NaN chunks.
-    embedding = group["embedding"].with_config({"write_empty_chunks": True})
+    sync(_write_block(zarr_store(url), model_group_path(model), block, values))
+
+
+async def _write_block(
+    zarr_root: zarr.abc.store.Store, path: str, block: int, values: np.ndarray
+) -> None:
+    group = await zarr.api.asynchronous.open_group(store=zarr_root, path=path, mode="r+")
+    embedding, missing, complete = await asyncio.gather(
+        *(group.getitem(name) for name in ("embedding", "block_missing_words", "block_complete"))
+    )
     start = block * int(group.attrs["block_words"])
     stop = start + values.shape[1]
     if values.shape != (embedding.shape[0], stop - start, embedding.shape[2]):
         raise ValueError(f"block {block} has shape {values.shape}, expected {embedding.shape}")
-    embedding[:, start:stop, :] = values.astype(embedding.dtype, copy=False)
-    group["block_missing_words"][block] = int(np.isnan(values[0, :, 0]).sum())
-    group["block_complete"][block] = 1
+    # Blocks are written whole: zarr's default first compares every chunk with the fill value, a
+    # pass over the block (with temporaries) that only serves to skip all-NaN chunks.
+    embedding = embedding.with_config({"write_empty_chunks": True})
+    region = (slice(None), slice(start, stop), slice(None))
+    await embedding.setitem(region, values.astype(embedding.dtype, copy=False))
+    n_missing = int(np.isnan(values[0, :, 0]).sum())
+    await asyncio.gather(missing.setitem(block, n_missing), complete.setitem(block, 1))
 
 
 def missing_words_per_block(url: str | os.PathLike, model: str) -> np.ndarray:

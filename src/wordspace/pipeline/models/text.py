@@ -187,11 +187,16 @@ class TransformerTextModel(ModelAdapter):
             ids = encoding["input_ids"][index]
             words = np.asarray(encoding.word_ids(index), dtype=np.int64) + first_word
             token_words.append(words)
-            spans = token_windows(len(ids), self._window)
-            owner = window_of_token(len(ids), spans)
-            for window_index, (start, stop) in enumerate(spans):
-                positions = np.flatnonzero(owner[start:stop] == window_index)
-                windows.append(_Window(ids[start:stop], positions, words[start:stop][positions]))
+            if len(ids) <= self._window:  # most utterances: one window, every token its own
+                windows.append(_Window(ids, np.arange(len(ids)), words))
+            else:
+                spans = token_windows(len(ids), self._window)
+                owner = window_of_token(len(ids), spans)
+                for window_index, (start, stop) in enumerate(spans):
+                    positions = np.flatnonzero(owner[start:stop] == window_index)
+                    windows.append(
+                        _Window(ids[start:stop], positions, words[start:stop][positions])
+                    )
             first_word += len(utterance.words)
         all_token_words = np.concatenate(token_words) if token_words else np.zeros(0, np.int64)
         return windows, np.bincount(all_token_words, minlength=first_word)
@@ -233,23 +238,21 @@ class TransformerTextModel(ModelAdapter):
             attention_mask=torch.from_numpy(attention).to(self._device),
             output_hidden_states=True,
         )
-        # Pooling in numpy, one gather and one sparse (word x token) product per layer: torch's
-        # small multi-threaded ops stall at their barriers when the cores are shared, and
-        # np.add.reduceat along rows is 30 times slower than the sparse product.
-        rows = np.concatenate(
+        # Pooling in numpy, one sparse (word x token position) product per layer straight from
+        # the layer's output: torch's small multi-threaded ops stall at their barriers when the
+        # cores are shared, and np.add.reduceat along rows is 30 times slower.
+        positions = np.concatenate(
             [row * length + len(self._prefix) + w.positions for row, w in enumerate(windows)]
         )
         words = np.concatenate([w.words for w in windows])
         first, last = int(words.min()), int(words.max()) + 1
         token_to_word = scipy.sparse.csr_matrix(
-            (np.ones(len(rows), np.float32), (words - first, np.arange(len(rows)))),
-            shape=(last - first, len(rows)),
+            (np.ones(len(positions), np.float32), (words - first, positions)),
+            shape=(last - first, len(windows) * length),
         )
-        on_device = torch.as_tensor(rows, device=self._device)
         for layer_sums, state in zip(sums, output.hidden_states, strict=True):
-            flat = state.reshape(-1, self.dim)
-            tokens = flat.numpy()[rows] if flat.device.type == "cpu" else flat[on_device].cpu()
-            layer_sums[first:last] += token_to_word @ np.asarray(tokens, dtype=np.float32)
+            tokens = state.reshape(-1, self.dim).cpu().numpy()
+            layer_sums[first:last] += token_to_word @ tokens.astype(np.float32, copy=False)
 
 
 def _take_batch(

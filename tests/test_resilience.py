@@ -4,6 +4,7 @@ into one store at once do not corrupt each other."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,8 +20,9 @@ from conftest import PHONES, build_corpus
 from distributed import Client
 
 from wordspace.cluster import dask_client
+from wordspace.errors import WordspaceError
 from wordspace.pipeline.compare import compare_models
-from wordspace.pipeline.extract import extract_model
+from wordspace.pipeline.extract import ExtractSettings, extract_model, plan_blocks
 from wordspace.pipeline.index import index_corpus
 from wordspace.storage import store as st
 
@@ -94,6 +96,26 @@ def test_worker_killed_mid_extraction(indexed, two_workers):
     assert summary.blocks_done == n_blocks and not st.incomplete_blocks(indexed, "killed")
     np.testing.assert_array_equal(
         st.open_embedding(indexed, "killed").values, st.open_embedding(indexed, "calm").values
+    )
+
+
+def test_a_block_that_cannot_be_written_fails_the_run_and_a_rerun_finishes_it(indexed, two_workers):
+    options = {"client": two_workers, "block_words": 8, "progress": False}
+    extract_model(indexed, "hashed-words", name="clean", **options)
+    settings = ExtractSettings(name="blocked", block_words=8)
+    plan_blocks(indexed, "hashed-words", settings)  # creates the group, as a run would
+    # A directory where block 1's chunk of layer 0 goes: its write fails however often it runs.
+    obstacle = Path(indexed) / "models/blocked/embedding/c/0/1/0"
+    (obstacle / "in-the-way").mkdir(parents=True)
+    with pytest.raises(WordspaceError, match=r"1 block\(s\) not written after 3 attempts "
+                       r"\(models/blocked block 1: IsADirectoryError"):  # fmt: skip
+        extract_model(indexed, "hashed-words", name="blocked", **options)
+    assert st.incomplete_blocks(indexed, "blocked") == [1]
+    shutil.rmtree(obstacle)
+    summary = extract_model(indexed, "hashed-words", name="blocked", **options)
+    assert summary.blocks_done == 1
+    np.testing.assert_array_equal(
+        st.open_embedding(indexed, "blocked").values, st.open_embedding(indexed, "clean").values
     )
 
 

@@ -37,10 +37,12 @@ from wordspace.pipeline.models.base import ModelAdapter, Utterance
 from wordspace.pipeline.models.cache import file_sha256
 from wordspace.pipeline.models.devices import torch_device
 from wordspace.pipeline.models.registry import build_model
+from wordspace.pipeline.writer import finish_writes, write_behind
 from wordspace.storage import store
 
 _LOADED: dict[tuple[str, str, str], ModelAdapter] = {}
 _PACKAGES = ("numpy", "torch", "transformers", "zarr", "xarray", "dask")
+_BLOCK_ATTEMPTS = 3
 
 
 def group_name(model: str) -> str:
@@ -178,7 +180,8 @@ def _unit_input(unit: list[dict], adapter: ModelAdapter, corpus_root: str) -> Ut
 
 
 def embed_block(plan: BlockPlan) -> tuple[int, int, float, int]:
-    """Embed and write one block; returns (block, utterances, audio seconds, words missing)."""
+    """Embed one block and hand it to this worker's writer; returns (block, utterances, audio
+    seconds, words missing)."""
     adapter = _loaded_adapter(plan.spec, plan.device, plan.dtype)
     values = np.full(
         (len(plan.layers), plan.word_stop - plan.word_start, plan.dim), np.nan, dtype=np.float32
@@ -206,7 +209,7 @@ def embed_block(plan: BlockPlan) -> tuple[int, int, float, int]:
                     layers, row + keep_from - first : row + keep_to - first
                 ]
                 row += count
-    store.write_embedding_block(plan.store_url, plan.group, plan.block, values)
+    write_behind(plan.store_url, plan.group, plan.block, values)
     seconds = sum(utterance["duration"] for utterance in plan.utterances)
     return plan.block, len(plan.utterances), seconds, int(np.isnan(values[0, :, 0]).sum())
 
@@ -410,20 +413,38 @@ def share_cores_with_torch(client: Client) -> None:
 
 
 def run_plans(plans: list[BlockPlan], client: Client, progress: bool = True) -> tuple[int, float]:
-    """Run block plans on the cluster with a progress bar; (utterances, audio seconds) done."""
-    futures = [client.submit(embed_block, plan, pure=False, retries=2) for plan in plans]
+    """Run block plans on the cluster with a progress bar; (utterances, audio seconds) done.
+
+    A block is done when its completion mark is stored, not when its task ends (each worker
+    writes a block while it embeds the next: see `writer`). Blocks left unmarked, because their
+    write failed or their worker was lost with the write in flight, run again, up to
+    `_BLOCK_ATTEMPTS` times in all.
+    """
     done_utterances, done_seconds = 0, 0.0
     total_utterances = sum(len(plan.utterances) for plan in plans)
+    store_url, group = plans[0].store_url, plans[0].group
     with tqdm(
         total=total_utterances, unit="utt", disable=not progress, desc="extract", smoothing=0
     ) as bar:
-        for future in as_completed(futures):
-            _, utterances, seconds, _ = future.result()
-            done_utterances += utterances
-            done_seconds += seconds
-            bar.update(utterances)
-            bar.set_postfix_str(f"{done_seconds / 3600:.3f} h audio")
-    return done_utterances, done_seconds
+        for _ in range(_BLOCK_ATTEMPTS):
+            futures = [client.submit(embed_block, plan, pure=False, retries=2) for plan in plans]
+            for future in as_completed(futures):
+                _, utterances, seconds, _ = future.result()
+                done_utterances += utterances
+                done_seconds += seconds
+                bar.update(utterances)
+                bar.set_postfix_str(f"{done_seconds / 3600:.3f} h audio")
+            errors = [error for errors in client.run(finish_writes).values() for error in errors]
+            left = set(store.incomplete_blocks(store_url, group))
+            plans = [plan for plan in plans if plan.block in left]
+            if not plans:
+                return done_utterances, done_seconds
+    cause = errors[0] if errors else "their worker was lost each time"
+    raise WordspaceError(
+        f"{store_url}: models/{group}: {len(plans)} block(s) not written after "
+        f"{_BLOCK_ATTEMPTS} attempts ({cause}); the rest is stored: run the same command again"
+        " to do those blocks"
+    )
 
 
 def extract_model(

@@ -1,5 +1,6 @@
 """Linear CKA (biased, debiased) and CCA against straightforward numpy formulas."""
 
+import pickle
 import warnings
 
 import dask
@@ -125,6 +126,24 @@ def test_every_scheduler_and_chain_count_gives_the_same_grid(small_chunks, sched
     assert got.attrs == expected.attrs
     for name in expected.data_vars:
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-9)
+
+
+def test_a_chain_keeps_its_scratch_between_tasks_and_travels_without_it(small_chunks):
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((2, 60, 5)).astype(np.float32)
+    b = rng.standard_normal((2, 60, 4)).astype(np.float32)
+    stack_a, stack_b = da.from_array(a, chunks=(1, 20, 5)), da.from_array(b, chunks=(1, 20, 4))
+    layout = statistics_module._Layout.of(stack_a, stack_b, same=False, debiased=False)
+    blocks = [[list(np.split(x[:, start : start + 20], len(x))) for x in (a, b)]
+              for start in (0, 20)]  # fmt: skip
+    shifts = [np.zeros((x.shape[0], x.shape[2]), np.float32) for x in (a, b)]
+    chain = statistics_module._add_words(None, blocks[0], slice(0, 20), shifts, layout)
+    scratch = dict(chain._scratch.arrays)
+    assert statistics_module._add_words(chain, blocks[1], slice(0, 20), shifts, layout) is chain
+    assert all(chain._scratch.arrays[key] is array for key, array in scratch.items())
+    assert dask.sizeof.sizeof(chain) == chain.total.nbytes + sum(x.nbytes for x in scratch.values())
+    moved = pickle.loads(pickle.dumps(chain))
+    assert moved._scratch is None and np.array_equal(moved.total, chain.total)
 
 
 def test_rows_whose_sum_overflows_are_kept_and_nan_rows_dropped():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import zarr
 
 from wordspace import open_store
 from wordspace.errors import WordspaceError
@@ -51,6 +52,28 @@ def test_region_writes_and_resume(indexed):
     assert embedding.chunks is not None
     np.testing.assert_array_equal(embedding.values, expected)
     assert list(embedding.text.values[:3]) == ["the", "cat", "sat"]
+
+
+def test_a_group_whose_creation_was_interrupted_is_created_again(indexed):
+    make_group(indexed)
+    group = zarr.open_group(st.zarr_store(indexed), path="models/toy", mode="r+")
+    del group["block_complete"]  # as if interrupted before its last step (the attributes)
+    group.attrs.clear()
+    assert st.create_embedding(
+        indexed, "toy", layer_names=["l0", "l1", "l2"], n_words=14, dim=5, dtype="float32",
+        block_words=4, attrs={"model_id": "toy"},
+    )  # fmt: skip
+    assert st.incomplete_blocks(indexed, "toy") == [0, 1, 2, 3]
+    assert st.model_attrs(indexed, "toy")["block_words"] == 4
+
+
+def test_creating_a_model_group_needs_a_store_and_leaves_none_behind(tmp_path):
+    with pytest.raises(WordspaceError, match="no word table here"):
+        st.create_embedding(
+            tmp_path / "missing.zarr", "toy", layer_names=["l0"], n_words=3, dim=2,
+            dtype="float32", block_words=4, attrs={},
+        )  # fmt: skip
+    assert not (tmp_path / "missing.zarr").exists()
 
 
 def test_mismatched_group_is_refused(indexed):

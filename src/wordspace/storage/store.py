@@ -17,7 +17,6 @@ import asyncio
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -204,69 +203,47 @@ def create_embedding(
 ) -> bool:
     """Create `/models/<model>`, or check that the existing one has the same shape and settings;
     True when it was created (so every block is still to do)."""
-    layout = EmbeddingLayout(len(layer_names), n_words, dim, dtype, block_words)
-    try:
-        return sync(_create_model_group(url, model, layout, layer_names, attrs))
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-        raise _no_word_table(url) from None
-
-
-@dataclass(frozen=True)
-class EmbeddingLayout:
-    """Shape, dtype and extraction blocks of a model's `embedding`."""
-
-    layers: int
-    words: int
-    dim: int
-    dtype: str
-    block_words: int
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.layers, self.words, self.dim)
-
-    @property
-    def blocks(self) -> int:
-        return -(-self.words // self.block_words)
+    _require_store(url)  # before opening for writing, which would create the folder
+    shape = (len(layer_names), n_words, dim)
+    return sync(_create_model_group(url, model, shape, dtype, block_words, layer_names, attrs))
 
 
 async def _create_model_group(
     url: str | os.PathLike,
     model: str,
-    layout: EmbeddingLayout,
+    shape: tuple[int, int, int],
+    dtype: str,
+    block_words: int,
     layer_names: list[str],
     attrs: dict[str, Any],
 ) -> bool:
-    """The model group and its arrays (their metadata written concurrently), unless it exists."""
+    """The model group and its arrays, their metadata written concurrently, unless it exists.
+
+    The group's `block_words` attribute is written last: a group without it is a creation that
+    was interrupted, and is created again."""
     root = await zarr.api.asynchronous.open_group(store=zarr_store(url), mode="r+")
-    if not root.attrs.get(COMPLETE):
-        raise _no_word_table(url)
     path = model_group_path(model)
     if await root.contains(path):
         existing_group = await root.getitem(path)
-        existing = await existing_group.getitem("embedding")
-        existing_block = existing_group.attrs.get("block_words")
-        if (existing.shape, str(existing.dtype), existing_block) != (
-            layout.shape,
-            layout.dtype,
-            layout.block_words,
-        ):
-            raise WordspaceError(
-                f"{url}: model group {model!r} exists with another shape, dtype or block size "
-                f"({existing.shape}, {existing.dtype}); "
-                "pass --name to store this run under another name, or --overwrite"
-            )
-        return False
-    group = await root.create_group(
-        path, attributes={**attrs, "block_words": layout.block_words, "n_blocks": layout.blocks}
-    )
-    chunks, shards = embedding_chunks(layout.block_words, layout.dim)
-    flags = {"shape": (layout.blocks,), "chunks": (1,), "dimension_names": ("block",)}
+        if "block_words" in existing_group.attrs:
+            existing = await existing_group.getitem("embedding")
+            existing_block = existing_group.attrs["block_words"]
+            if (existing.shape, str(existing.dtype), existing_block) != (shape, dtype, block_words):
+                raise WordspaceError(
+                    f"{url}: model group {model!r} exists with another shape, dtype or block "
+                    f"size ({existing.shape}, {existing.dtype}); "
+                    "pass --name to store this run under another name, or --overwrite"
+                )
+            return False
+    group = await root.create_group(path, overwrite=True)
+    n_blocks = -(-shape[1] // block_words)
+    chunks, shards = embedding_chunks(block_words, shape[2])
+    flags = {"shape": (n_blocks,), "chunks": (1,), "dimension_names": ("block",)}
     _, layer, _, _ = await asyncio.gather(
         group.create_array(
             "embedding",
-            shape=layout.shape,
-            dtype=layout.dtype,
+            shape=shape,
+            dtype=dtype,
             chunks=chunks,
             shards=shards,
             # Model activations barely compress (zstd saves 7-10 %) and compressing them took
@@ -275,12 +252,13 @@ async def _create_model_group(
             fill_value=np.nan,
             dimension_names=("layer", "word", "dim"),
         ),
-        group.create_array("layer", shape=(layout.layers,), dtype=str, dimension_names=("layer",)),
+        group.create_array("layer", shape=shape[:1], dtype=str, dimension_names=("layer",)),
         # One chunk per flag, so concurrent writers of different blocks never share an object.
         group.create_array("block_complete", dtype="uint8", fill_value=0, **flags),
         group.create_array("block_missing_words", dtype="int64", fill_value=0, **flags),
     )
     await layer.setitem(slice(None), np.asarray(layer_names, dtype=object))
+    await group.update_attributes({**attrs, "block_words": block_words, "n_blocks": n_blocks})
     return True
 
 

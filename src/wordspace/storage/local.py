@@ -12,6 +12,7 @@ that refuses ``O_DIRECT`` (tmpfs, some network mounts), is written the ordinary 
 from __future__ import annotations
 
 import asyncio
+import errno
 import mmap
 import os
 import threading
@@ -55,7 +56,8 @@ def _write_direct(path: Path, data: memoryview) -> bool:
     partial = path.with_suffix(f".{uuid.uuid4().hex}.partial")
     try:
         descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o644)
-    except OSError:  # EINVAL: no O_DIRECT on this file system
+    except OSError:  # EINVAL: no O_DIRECT on this file system (some create the file first)
+        partial.unlink(missing_ok=True)
         return False
     try:
         try:
@@ -68,7 +70,7 @@ def _write_direct(path: Path, data: memoryview) -> bool:
         partial.replace(path)
     except OSError as error:
         partial.unlink(missing_ok=True)
-        if error.errno == 22:  # EINVAL: the file system opened O_DIRECT but refuses the write
+        if error.errno == errno.EINVAL:  # the file system opened O_DIRECT but refuses the write
             return False
         raise
     return True

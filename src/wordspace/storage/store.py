@@ -129,16 +129,11 @@ def _no_word_table(url: str | os.PathLike) -> WordspaceError:
     )
 
 
-def open_word_table(url: str | os.PathLike, *, dask: bool = True) -> xr.Dataset:
-    """The word table, lazily: dask-backed coordinates, or with `dask=False` variables read on
-    access straight from Zarr (quicker for reading whole columns; no graph, no scheduler)."""
+def open_word_table(url: str | os.PathLike) -> xr.Dataset:
+    """The word table, lazily, as dask-backed coordinates (whole columns at once:
+    `read_word_columns`)."""
     _require_store(url)
-    return xr.open_zarr(
-        zarr_store(url, read_only=True),
-        consolidated=False,
-        zarr_format=3,
-        **({} if dask else {"chunks": None}),
-    )
+    return xr.open_zarr(zarr_store(url, read_only=True), consolidated=False, zarr_format=3)
 
 
 def read_word_columns(

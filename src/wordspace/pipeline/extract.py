@@ -166,8 +166,8 @@ def _unit_input(unit: list[dict], adapter: ModelAdapter, corpus_root: str) -> Ut
             )
             waveforms.append(waveform)
             duration = len(waveform) / rate
-        starts.append(utterance["starts"] + offset)
-        ends.append(utterance["ends"] + offset)
+        starts.append(np.asarray(utterance["starts"]) + offset)
+        ends.append(np.asarray(utterance["ends"]) + offset)
         offset += duration
     return Utterance(
         id="+".join(utterance["id"] for utterance in unit),
@@ -341,8 +341,11 @@ def plan_blocks(
                     "duration": float(columns["duration"][index]),
                     "transcript": str(columns["transcript"][index]),
                     "words": [str(word) for word in columns["text"][first:end]],
-                    "starts": columns["start"][first:end].astype(np.float64),
-                    "ends": columns["end"][first:end].astype(np.float64),
+                    # Lists, not arrays: Dask sends each array in a task's arguments as a
+                    # frame of its own, which for a block's hundreds of utterances delayed
+                    # every task's start by ~5 ms.
+                    "starts": columns["start"][first:end].astype(np.float64).tolist(),
+                    "ends": columns["end"][first:end].astype(np.float64).tolist(),
                     "first_word": first,
                     "reading": f"{columns['speaker'][first]}/{columns['chapter'][first]}",
                 }

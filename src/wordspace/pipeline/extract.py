@@ -13,6 +13,7 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -273,9 +274,17 @@ def check_request(
 ) -> tuple[ModelAdapter, tuple[int, ...]]:
     """The model's adapter and the layers to keep, once the dtype, the store, the model and the
     layers are checked: everything a user can get wrong, before a cluster starts or a write."""
+    _check_dtype(settings)
+    store.root_attrs(store_url)  # a clear error when there is no word table
+    return _model_and_layers(spec, settings)
+
+
+def _check_dtype(settings: ExtractSettings) -> None:
     if settings.dtype not in ("float32", "float16"):
         raise WordspaceError(f"--dtype {settings.dtype!r}: use float32 or float16")
-    store.root_attrs(store_url)  # a clear error when there is no word table
+
+
+def _model_and_layers(spec: str, settings: ExtractSettings) -> tuple[ModelAdapter, tuple[int, ...]]:
     adapter = build_model(spec)
     return adapter, _parse_layers(settings.layers, len(adapter.layer_names))
 
@@ -288,11 +297,20 @@ _PLAN_COLUMNS = [
 
 
 def plan_blocks(
-    store_url: str, spec: str, settings: ExtractSettings
+    store_url: str,
+    spec: str,
+    settings: ExtractSettings,
+    before_writing: Callable[[], object] = lambda: None,
 ) -> tuple[str, list[BlockPlan], int]:
-    """Create (or reopen) the model group and plan its unfinished blocks: (group, plans, words)."""
-    adapter, chosen = check_request(store_url, spec, settings)
+    """Create (or reopen) the model group and plan its unfinished blocks: (group, plans, words).
+
+    `before_writing` runs once the request is checked and the word table read, before the group
+    is created (a check still running elsewhere, whose failure must leave the store unchanged).
+    """
+    _check_dtype(settings)
     root, columns = store.read_word_columns(store_url, _PLAN_COLUMNS)
+    adapter, chosen = _model_and_layers(spec, settings)
+    before_writing()
     group = settings.name or group_name(spec)
     n_words = len(columns["text"])
     block_words = settings.block_words or store.words_per_block(n_words)
@@ -372,9 +390,11 @@ def plan_blocks(
     return group, plans, n_words
 
 
-def _finish(store_url: str, group: str) -> tuple[int, list[str]]:
-    """Count the words left NaN and keep a sample of them in the group's attributes."""
-    missing = int(store.missing_words_per_block(store_url, group).sum())
+def _finish(store_url: str, group: str) -> tuple[int, list[str], int]:
+    """Count the words left NaN and keep a sample of them in the group's attributes;
+    (missing words, sample, blocks)."""
+    _, missing_per_block = store.block_marks(store_url, group)
+    missing = int(missing_per_block.sum())
     sample: list[str] = []
     if missing:
         embedding = store.open_embedding(store_url, group)
@@ -387,7 +407,7 @@ def _finish(store_url: str, group: str) -> tuple[int, list[str]]:
         group,
         {"n_missing_words": missing, "missing_words_sample": sample, "complete": True},
     )
-    return missing, sample
+    return missing, sample, len(missing_per_block)
 
 
 class TorchThreads(WorkerPlugin):
@@ -479,20 +499,21 @@ def extract_model(
             client = stack.enter_context(
                 dask_client(scheduler, workers=workers, quiet=not progress)
             )
-        # Checked where the work runs: the client's machine may have no GPU while workers do.
-        client.submit(torch_device, device, pure=False).result()
+        # Checked where the work runs (the client's machine may have no GPU while workers do),
+        # while the client reads the word table.
+        device_checked = client.submit(torch_device, device, pure=False)
         share_cores_with_torch(client)
         settings = ExtractSettings(
             name, device, dtype, batch_seconds, layers, block_words, pack_seconds
         )
-        group, plans, n_words = plan_blocks(store_url, spec, settings)
+        group, plans, n_words = plan_blocks(store_url, spec, settings, device_checked.result)
         utterances, seconds = run_plans(plans, client, progress) if plans else (0, 0.0)
-    missing, sample = _finish(store_url, group)
+    missing, sample, n_blocks = _finish(store_url, group)
     return ExtractSummary(
         group=group,
         words=n_words,
         blocks_done=len(plans),
-        blocks_total=len(store.block_bounds(store_url, group)),
+        blocks_total=n_blocks,
         utterances=utterances,
         audio_hours=seconds / 3600,
         missing_words=missing,

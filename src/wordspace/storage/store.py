@@ -56,8 +56,12 @@ def zarr_store(url: str | os.PathLike, read_only: bool = False) -> zarr.abc.stor
 
 def store_exists(url: str | os.PathLike) -> bool:
     """Whether a complete word table is stored at `url`."""
+    return sync(_holds_word_table(zarr_store(url, read_only=True)))
+
+
+async def _holds_word_table(zarr_root: zarr.abc.store.Store) -> bool:
     try:
-        root = zarr.open_group(zarr_store(url, read_only=True), mode="r")
+        root = await zarr.api.asynchronous.open_group(store=zarr_root, mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
         return False
     return bool(root.attrs.get(COMPLETE))
@@ -141,7 +145,7 @@ def read_word_columns(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The root's attributes and the named word-table columns, whole, read concurrently."""
     try:
-        attrs, columns = sync(_read_root_arrays(zarr_store(url, read_only=True), names))
+        attrs, columns = sync(_read_arrays(zarr_store(url, read_only=True), "", names))
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
         raise _no_word_table(url) from None
     if not attrs.get(COMPLETE):
@@ -149,13 +153,14 @@ def read_word_columns(
     return attrs, columns
 
 
-async def _read_root_arrays(
-    zarr_root: zarr.abc.store.Store, names: list[str]
+async def _read_arrays(
+    zarr_root: zarr.abc.store.Store, path: str, names: list[str]
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    root = await zarr.api.asynchronous.open_group(store=zarr_root, mode="r")
-    arrays = await asyncio.gather(*(root.getitem(name) for name in names))
+    """A group's attributes and the named arrays in it, whole, read concurrently."""
+    group = await zarr.api.asynchronous.open_group(store=zarr_root, path=path, mode="r")
+    arrays = await asyncio.gather(*(group.getitem(name) for name in names))
     values = await asyncio.gather(*(array.getitem(...) for array in arrays))
-    return dict(root.attrs), dict(zip(names, values, strict=True))
+    return dict(group.attrs), dict(zip(names, values, strict=True))
 
 
 def root_attrs(url: str | os.PathLike) -> dict[str, Any]:
@@ -198,7 +203,6 @@ def create_embedding(
 ) -> bool:
     """Create `/models/<model>`, or check that the existing one has the same shape and settings;
     True when it was created (so every block is still to do)."""
-    _require_store(url)  # before opening for writing, which would create the folder
     shape = (len(layer_names), n_words, dim)
     return sync(_create_model_group(url, model, shape, dtype, block_words, layer_names, attrs))
 
@@ -216,6 +220,9 @@ async def _create_model_group(
 
     The group's `block_words` attribute is written last: a group without it is a creation that
     was interrupted, and is created again."""
+    # Checked before opening for writing, which would create the folder.
+    if not await _holds_word_table(zarr_store(url, read_only=True)):
+        raise _no_word_table(url)
     root = await zarr.api.asynchronous.open_group(store=zarr_store(url), mode="r+")
     path = model_group_path(model)
     if await root.contains(path):
@@ -274,8 +281,15 @@ def block_bounds(url: str | os.PathLike, model: str) -> list[tuple[int, int]]:
 
 def incomplete_blocks(url: str | os.PathLike, model: str) -> list[int]:
     """Indices of the blocks not yet marked complete."""
-    group = zarr.open_group(zarr_store(url, read_only=True), path=model_group_path(model), mode="r")
-    return [int(index) for index in np.flatnonzero(group["block_complete"][:] == 0)]
+    complete, _ = block_marks(url, model)
+    return [int(index) for index in np.flatnonzero(~complete)]
+
+
+def block_marks(url: str | os.PathLike, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per block: whether it is marked complete, and the words it left NaN (0 until written)."""
+    names = ["block_complete", "block_missing_words"]
+    _, marks = sync(_read_arrays(zarr_store(url, read_only=True), model_group_path(model), names))
+    return marks["block_complete"].astype(bool), marks["block_missing_words"]
 
 
 def write_embedding_block(
@@ -303,12 +317,6 @@ async def _write_block(
     await embedding.setitem(region, values.astype(embedding.dtype, copy=False))
     n_missing = int(np.isnan(values[0, :, 0]).sum())
     await asyncio.gather(missing.setitem(block, n_missing), complete.setitem(block, 1))
-
-
-def missing_words_per_block(url: str | os.PathLike, model: str) -> np.ndarray:
-    """Per block, the words left NaN when it was written (0 for blocks not written yet)."""
-    group = zarr.open_group(zarr_store(url, read_only=True), path=model_group_path(model), mode="r")
-    return group["block_missing_words"][:]
 
 
 def model_attrs(url: str | os.PathLike, model: str) -> dict[str, Any]:

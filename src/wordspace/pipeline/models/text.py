@@ -55,10 +55,14 @@ def window_of_token(n_tokens: int, windows: list[tuple[int, int]]) -> np.ndarray
 
 
 @dataclass
-class _Window:
-    ids: np.ndarray
-    positions: np.ndarray  # positions in `ids` of the tokens this window contributes
-    words: np.ndarray  # word (numbered across the whole call) of each of those tokens
+class _Tokens:
+    """The tokens of one `embed` call, flat, and the model inputs (windows) they are cut into."""
+
+    ids: np.ndarray  # token ids of all utterances, one after another
+    words: np.ndarray  # for each token, its word (numbered across the call)
+    owner: np.ndarray  # for each token, the window whose output it is taken from
+    starts: np.ndarray  # first token of each window
+    stops: np.ndarray  # one past the last token of each window
 
 
 def resolve_hf_folder(spec: str) -> Path:
@@ -185,78 +189,82 @@ class TransformerTextModel(ModelAdapter):
             self._pieces.update(zip(new, encoding["input_ids"], strict=True))
         return [self._pieces[word] for word in words]
 
-    def _windows(self, utterances: list[Utterance]) -> tuple[list[_Window], np.ndarray]:
-        """The model inputs for `utterances`, and the number of tokens of every word."""
+    def _tokens(self, utterances: list[Utterance]) -> tuple[_Tokens, np.ndarray]:
+        """The tokens of `utterances` in windows, and the number of tokens of every word."""
         pieces = self._word_pieces(utterances)
         tokens_per_word = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
-        ids = np.fromiter(
-            (token for word in pieces for token in word),
-            dtype=np.int64,
-            count=int(tokens_per_word.sum()),
-        )
-        token_words = np.repeat(np.arange(len(pieces)), tokens_per_word)
+        n_tokens = int(tokens_per_word.sum())
+        ids = np.fromiter((token for word in pieces for token in word), np.int64, n_tokens)
         word_bounds = np.cumsum([0] + [len(utterance.words) for utterance in utterances])
         token_bounds = np.concatenate([[0], np.cumsum(tokens_per_word)])[word_bounds]
-        windows: list[_Window] = []
-        for start, stop in zip(token_bounds[:-1], token_bounds[1:], strict=True):
-            n_tokens = int(stop - start)
-            words = token_words[start:stop]
-            if n_tokens <= self._window:  # most utterances: one window, every token its own
-                windows.append(_Window(ids[start:stop], np.arange(n_tokens), words))
+        owner = np.empty(n_tokens, dtype=np.int64)
+        starts: list[int] = []
+        stops: list[int] = []
+        for first, last in zip(token_bounds[:-1].tolist(), token_bounds[1:].tolist(), strict=True):
+            if last - first <= self._window:  # most utterances: one window, every token its own
+                owner[first:last] = len(starts)
+                starts.append(first)
+                stops.append(last)
                 continue
-            spans = token_windows(n_tokens, self._window)
-            owner = window_of_token(n_tokens, spans)
-            for index, (first, last) in enumerate(spans):
-                positions = np.flatnonzero(owner[first:last] == index)
-                windows.append(
-                    _Window(
-                        ids[start + first : start + last], positions, words[first:last][positions]
-                    )
-                )
-        return windows, tokens_per_word
+            spans = token_windows(last - first, self._window)
+            owner[first:last] = len(starts) + window_of_token(last - first, spans)
+            starts += [first + start for start, _ in spans]
+            stops += [first + stop for _, stop in spans]
+        tokens = _Tokens(
+            ids=ids,
+            words=np.repeat(np.arange(len(pieces)), tokens_per_word),
+            owner=owner,
+            starts=np.asarray(starts, dtype=np.int64),
+            stops=np.asarray(stops, dtype=np.int64),
+        )
+        return tokens, tokens_per_word
 
     def embed(self, utterances: list[Utterance]) -> list[np.ndarray]:
         if self._model is None:
             raise RuntimeError(f"{self.name}: call load() before embed()")
-        windows, tokens_per_word = self._windows(utterances)
+        tokens, tokens_per_word = self._tokens(utterances)
         # One row more than there are words: padding and special tokens are added into it.
         sums = torch.from_numpy(
             np.zeros((len(self.layer_names), len(tokens_per_word) + 1, self.dim), np.float32)
         )
-        order = sorted(
-            (index for index, window in enumerate(windows) if len(window.ids)),
-            key=lambda index: len(windows[index].ids),
-        )
+        lengths = tokens.stops - tokens.starts
+        order = [int(index) for index in np.argsort(lengths, kind="stable") if lengths[index]]
         with torch.inference_mode():
             while order:
                 batch = _take_batch(
                     order,
-                    windows,
+                    lengths,
                     len(self._prefix) + len(self._suffix),
                     TOKENS_PER_BATCH[self._device.type],
                 )
-                self._accumulate([windows[index] for index in batch], sums)
+                self._accumulate(tokens, np.asarray(batch), sums)
         means = sums.numpy()[:, :-1]
         with np.errstate(invalid="ignore"):  # 0 / 0: NaN for tokenless words
             means /= tokens_per_word[None, :, None].astype(np.float32)
         bounds = np.cumsum([0] + [len(utterance.words) for utterance in utterances])
         return [means[:, start:stop] for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
 
-    def _accumulate(self, windows: list[_Window], sums: torch.Tensor) -> None:
-        """Run the model on `windows` and add each assigned token's states to its word's sum."""
-        n_prefix = len(self._prefix)
-        length = max(len(window.ids) for window in windows) + n_prefix + len(self._suffix)
-        input_ids = np.full((len(windows), length), self._pad_id, dtype=np.int64)
-        attention = np.zeros((len(windows), length), dtype=np.int64)
+    def _accumulate(self, tokens: _Tokens, windows: np.ndarray, sums: torch.Tensor) -> None:
+        """Run the model on `windows` and add each owned token's states to its word's sum."""
+        n_prefix, n_suffix = len(self._prefix), len(self._suffix)
+        lengths = tokens.stops[windows] - tokens.starts[windows]
+        n_rows, length = len(windows), int(lengths.max()) + n_prefix + n_suffix
+        # Every token of the sub-batch: its row, its column and its index in the call.
+        row = np.repeat(np.arange(n_rows), lengths)
+        offset = np.arange(len(row)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        token = tokens.starts[windows][row] + offset
+        column = n_prefix + offset
+        input_ids = np.full((n_rows, length), self._pad_id, dtype=np.int64)
         input_ids[:, :n_prefix] = self._prefix
+        input_ids[row, column] = tokens.ids[token]
+        for index, suffix_id in enumerate(self._suffix):
+            input_ids[np.arange(n_rows), n_prefix + lengths + index] = suffix_id
+        ends = n_prefix + lengths + n_suffix
+        attention = (np.arange(length)[None, :] < ends[:, None]).astype(np.int64)
         # The word each position of the batch adds into; the spare last row of `sums` by default.
-        token_word = np.full(len(windows) * length, sums.shape[1] - 1, dtype=np.int64)
-        for row, window in enumerate(windows):
-            stop = n_prefix + len(window.ids)
-            input_ids[row, n_prefix:stop] = window.ids
-            input_ids[row, stop : stop + len(self._suffix)] = self._suffix
-            attention[row, : stop + len(self._suffix)] = 1
-            token_word[row * length + n_prefix + window.positions] = window.words
+        token_word = np.full(n_rows * length, sums.shape[1] - 1, dtype=np.int64)
+        owned = tokens.owner[token] == windows[row]
+        token_word[(row * length + column)[owned]] = tokens.words[token[owned]]
         output = self._model(
             input_ids=torch.from_numpy(input_ids).to(self._device),
             attention_mask=torch.from_numpy(attention).to(self._device),
@@ -272,12 +280,12 @@ class TransformerTextModel(ModelAdapter):
 
 
 def _take_batch(
-    order: list[int], windows: list[_Window], n_special: int, max_tokens: int
+    order: list[int], lengths: np.ndarray, n_special: int, max_tokens: int
 ) -> list[int]:
     """Pop from `order` (sorted by length) the windows of a sub-batch of at most `max_tokens`."""
     batch = [order.pop(0)]
     while order:
-        padded = (len(batch) + 1) * (len(windows[order[0]].ids) + n_special)
+        padded = (len(batch) + 1) * (int(lengths[order[0]]) + n_special)
         if padded > max_tokens:
             break
         batch.append(order.pop(0))

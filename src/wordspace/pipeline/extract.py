@@ -390,10 +390,8 @@ def plan_blocks(
     return group, plans, n_words
 
 
-def _finish(store_url: str, group: str) -> tuple[int, list[str], int]:
-    """Count the words left NaN and keep a sample of them in the group's attributes;
-    (missing words, sample, blocks)."""
-    _, missing_per_block = store.block_marks(store_url, group)
+def _finish(store_url: str, group: str, missing_per_block: np.ndarray) -> tuple[int, list[str]]:
+    """Count the words left NaN and keep a sample of them in the group's attributes."""
     missing = int(missing_per_block.sum())
     sample: list[str] = []
     if missing:
@@ -407,7 +405,7 @@ def _finish(store_url: str, group: str) -> tuple[int, list[str], int]:
         group,
         {"n_missing_words": missing, "missing_words_sample": sample, "complete": True},
     )
-    return missing, sample, len(missing_per_block)
+    return missing, sample
 
 
 class TorchThreads(WorkerPlugin):
@@ -435,8 +433,11 @@ def share_cores_with_torch(client: Client) -> None:
     client.register_plugin(TorchThreads(dict(Counter(info["host"] for info in workers))))
 
 
-def run_plans(plans: list[BlockPlan], client: Client, progress: bool = True) -> tuple[int, float]:
-    """Run block plans on the cluster with a progress bar; (utterances, audio seconds) done.
+def run_plans(
+    plans: list[BlockPlan], client: Client, progress: bool = True
+) -> tuple[int, float, np.ndarray]:
+    """Run block plans on the cluster with a progress bar; (utterances, audio seconds) done and,
+    from the stored marks, the words each block of the group left NaN.
 
     A block is done when its completion mark is stored, not when its task ends (each worker
     writes a block while it embeds the next: see `writer`). Blocks left unmarked, because their
@@ -458,10 +459,10 @@ def run_plans(plans: list[BlockPlan], client: Client, progress: bool = True) -> 
                 bar.update(utterances)
                 bar.set_postfix_str(f"{done_seconds / 3600:.3f} h audio")
             errors = [error for errors in client.run(finish_writes).values() for error in errors]
-            left = set(store.incomplete_blocks(store_url, group))
-            plans = [plan for plan in plans if plan.block in left]
+            complete, missing_per_block = store.block_marks(store_url, group)
+            plans = [plan for plan in plans if not complete[plan.block]]
             if not plans:
-                return done_utterances, done_seconds
+                return done_utterances, done_seconds, missing_per_block
     cause = errors[0] if errors else "their worker was lost each time"
     raise WordspaceError(
         f"{store_url}: models/{group}: {len(plans)} block(s) not written after "
@@ -507,13 +508,17 @@ def extract_model(
             name, device, dtype, batch_seconds, layers, block_words, pack_seconds
         )
         group, plans, n_words = plan_blocks(store_url, spec, settings, device_checked.result)
-        utterances, seconds = run_plans(plans, client, progress) if plans else (0, 0.0)
-    missing, sample, n_blocks = _finish(store_url, group)
+        if plans:
+            utterances, seconds, missing_per_block = run_plans(plans, client, progress)
+        else:
+            utterances, seconds = 0, 0.0
+            _, missing_per_block = store.block_marks(store_url, group)
+    missing, sample = _finish(store_url, group, missing_per_block)
     return ExtractSummary(
         group=group,
         words=n_words,
         blocks_done=len(plans),
-        blocks_total=n_blocks,
+        blocks_total=len(missing_per_block),
         utterances=utterances,
         audio_hours=seconds / 3600,
         missing_words=missing,

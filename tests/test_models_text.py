@@ -179,6 +179,25 @@ def test_minilm_has_seven_layers_and_contextual_upper_layers() -> None:
     assert np.isfinite(financial).all() and np.isfinite(river).all()
 
 
+def test_minilm_words_kept_between_calls_match_whole_utterance_tokenisation() -> None:
+    adapter = minilm_l6()
+    adapter.load("cpu")
+    utterances = [
+        utterance(["Hello,", "don't", "naïve", "U.S.A.", "co-op", "ÉCOLE", "unaffable"]),
+        utterance(["the", "co-op's", "naïve", "hello,", "x", ""]),
+    ]
+    for _ in range(2):  # the second time every word comes from the adapter's kept pieces
+        pieces = adapter._word_pieces(utterances)
+        flat = [piece for word in pieces for piece in word]
+        encoded = adapter._tokenizer(
+            [list(item.words) for item in utterances],
+            is_split_into_words=True,
+            add_special_tokens=False,
+        )["input_ids"]
+        assert flat == encoded[0] + encoded[1]
+    assert pieces[-1] == []  # a word with no token: NaN downstream
+
+
 @pytest.mark.slow
 def test_mpnet_unpacks_and_has_thirteen_layers() -> None:
     adapter = build_model("mpnet-base")

@@ -275,8 +275,8 @@ class TransformerTextModel(ModelAdapter):
         # added into the sums.
         token_word_index = torch.from_numpy(token_word)
         for layer_sums, state in zip(sums, output.hidden_states, strict=True):
-            tokens = state.reshape(-1, self.dim).to("cpu", torch.float32)
-            layer_sums.index_add_(0, token_word_index, tokens)
+            token_states = state.reshape(-1, self.dim).to("cpu", torch.float32)
+            layer_sums.index_add_(0, token_word_index, token_states)
 
 
 def _take_batch(

@@ -180,9 +180,9 @@ def _unit_input(unit: list[dict], adapter: ModelAdapter, corpus_root: str) -> Ut
     )
 
 
-def embed_block(plan: BlockPlan) -> tuple[int, int, float, int]:
-    """Embed one block and hand it to this worker's writer; returns (block, utterances, audio
-    seconds, words missing)."""
+def embed_block(plan: BlockPlan) -> tuple[int, float]:
+    """Embed one block and hand it to this worker's writer; returns (utterances, audio seconds).
+    The words it leaves NaN are counted with its completion mark, when it is written."""
     adapter = _loaded_adapter(plan.spec, plan.device, plan.dtype)
     values = np.full(
         (len(plan.layers), plan.word_stop - plan.word_start, plan.dim), np.nan, dtype=np.float32
@@ -212,7 +212,7 @@ def embed_block(plan: BlockPlan) -> tuple[int, int, float, int]:
                 row += count
     write_behind(plan.store_url, plan.group, plan.block, values)
     seconds = sum(utterance["duration"] for utterance in plan.utterances)
-    return plan.block, len(plan.utterances), seconds, int(np.isnan(values[0, :, 0]).sum())
+    return len(plan.utterances), seconds
 
 
 @dataclass
@@ -453,7 +453,7 @@ def run_plans(
         for _ in range(_BLOCK_ATTEMPTS):
             futures = [client.submit(embed_block, plan, pure=False, retries=2) for plan in plans]
             for future in as_completed(futures):
-                _, utterances, seconds, _ = future.result()
+                utterances, seconds = future.result()
                 done_utterances += utterances
                 done_seconds += seconds
                 bar.update(utterances)

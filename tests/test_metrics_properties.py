@@ -64,6 +64,7 @@ def test_dask_agrees_with_numpy_for_any_chunking(pair, chunk_a, chunk_b):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(statistics_module, "_MIN_CHUNK_WORDS", 1)
         patch.setattr(statistics_module, "_TARGET_CHUNK_BYTES", 1)
+        patch.setattr(statistics_module, "_MIN_TASK_BYTES", 1)
         lazy = similarity_grid(da.from_array(x, chunks=(chunk_a, 1)), da.from_array(y, chunk_b))
     eager = similarity_grid(x, y)
     for name in eager.data_vars:

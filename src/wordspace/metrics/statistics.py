@@ -9,9 +9,12 @@ diagonal). No ``n × n`` matrix ever exists.
 
 The pass. The words are cut into as many equal, contiguous shares as the active Dask scheduler
 runs tasks at once, and each share is a chain of tasks, one per word chunk (or part of a chunk)
-in it; each task adds its words into its chain's float64 totals in place, and the chains' totals
-are added pairwise at the end. So each chain allocates its totals and its scratch once, however
-many chunks it reads, and memory is bounded by the size of the statistics, not by n. With the
+in it. A task copies its words, shifted, into the chain's row buffer; each time the buffer holds
+``_PRODUCT_WORDS`` words (and at the chain's end), their products are added into the chain's
+float64 totals in place, so products span chunk boundaries and chunks need no merging. The
+chains' totals are added pairwise at the end. So each chain allocates its totals and its scratch
+once, however many chunks it reads, and memory is bounded by the size of the statistics and one
+chunk per chain, not by n. With the
 local threaded scheduler each task gets an equal share of the cores' BLAS threads (distributed
 workers already run single-threaded BLAS), so Dask threads and BLAS threads never oversubscribe.
 
@@ -43,10 +46,15 @@ from wordspace.errors import WordspaceError
 from wordspace.metrics._backend import array_module, to_numpy
 from wordspace.metrics._blocks import distributed_client, in_memory_blocks
 
-# Words per chunk are raised (by merging chunks) to at least this many, and to about
-# _TARGET_CHUNK_BYTES of input, so Dask's per-task overhead stays small next to the scratch.
+# In-memory inputs are cut into chunks of at least this many words and about
+# _TARGET_CHUNK_BYTES of input.
 _MIN_CHUNK_WORDS = 8192
 _TARGET_CHUNK_BYTES = 2**27
+# Dask chunks of less input than this are merged, so Dask's per-task overhead stays small. Larger
+# ones are read as they are: merging would copy every row once more, into fresh memory, before
+# the chain copies it into its row buffer (13 x 13 layers of 768 over 46,906 words from 3,072-word
+# store blocks: 3.7 GB of merged copies, seconds of page faults on a 60 s pass).
+_MIN_TASK_BYTES = 2**24
 # Words per float32 product. On shifted (nearly centred) data, CKA and CCA from float32 products
 # of 2,048 to 16,384 words added into float64 stay within 2e-8 of float64 products (46,906 words).
 # 4,096 keeps the float32 -> float64 additions to a few per cent of the gemm time and the stacked
@@ -179,13 +187,10 @@ def as_layer_stack(x: Any, name: str) -> da.Array:
     if np.issubdtype(x.dtype, np.integer):
         x = x.astype(np.float64)
     if not isinstance(x, da.Array):
-        words = _chunk_words(x.shape[0] * x.shape[2] * x.dtype.itemsize)
+        row_bytes = x.shape[0] * x.shape[2] * x.dtype.itemsize
+        words = max(_MIN_CHUNK_WORDS, _TARGET_CHUNK_BYTES // max(row_bytes, 1))
         x = in_memory_blocks(x, words, axis=1)
     return x
-
-
-def _chunk_words(row_bytes: int) -> int:
-    return max(_MIN_CHUNK_WORDS, _TARGET_CHUNK_BYTES // max(row_bytes, 1))
 
 
 def _with_large_word_chunks(x: da.Array, rows: int) -> da.Array:
@@ -214,7 +219,7 @@ def gram_statistics(a: Any, b: Any, debiased: bool = False) -> GramStatistics:
     row_bytes = stack_a.shape[0] * stack_a.shape[2] * stack_a.dtype.itemsize
     if not same:
         row_bytes += stack_b.shape[0] * stack_b.shape[2] * stack_b.dtype.itemsize
-    stack_a = _with_large_word_chunks(stack_a, _chunk_words(row_bytes)).rechunk({2: -1})
+    stack_a = _with_large_word_chunks(stack_a, -(-_MIN_TASK_BYTES // row_bytes)).rechunk({2: -1})
     stacks = [stack_a]
     if not same:
         stacks.append(stack_b.rechunk({1: stack_a.chunks[1], 2: -1}))
@@ -228,8 +233,9 @@ def gram_statistics(a: Any, b: Any, debiased: bool = False) -> GramStatistics:
     states = []
     for share in _equal_shares(stack_a.chunks[1], chains):
         state = None
-        for chunk, words in share:
-            state = delayed(_add_words)(state, chunks[chunk], words, shifts, layout)
+        for i, (chunk, words) in enumerate(share):
+            last = i == len(share) - 1
+            state = delayed(_add_words)(state, chunks[chunk], words, shifts, layout, last)
         states.append(state)
     while len(states) > 1:
         pairs = [states[i : i + 2] for i in range(0, len(states), 2)]
@@ -292,13 +298,11 @@ def _column_shift(blocks: list[Any], compute_dtype: np.dtype) -> Any:
     return xp.concatenate(means).astype(compute_dtype)
 
 
-def _stacked_rows(blocks: list[Any], shift: Any, words: slice, out: Any) -> Any:
-    """Rows ``words`` of a chunk's layer blocks, shifted, as ``(word, layer * dim)`` in ``out``.
-
-    ``out`` is a ``(words, layer, dim)`` buffer with at least as many rows as ``words``.
-    """
+def _copy_shifted_rows(blocks: list[Any], shift: Any, words: slice, out: Any) -> None:
+    """Rows ``words`` of a chunk's layer blocks, shifted, into the first rows of ``out``, a
+    ``(words, layer, dim)`` buffer."""
     xp = array_module(blocks[0])
-    rows = out[: len(range(*words.indices(blocks[0].shape[1])))]
+    rows = out[: words.stop - words.start]
     first = 0
     for block in blocks:
         last = first + block.shape[0]
@@ -306,7 +310,6 @@ def _stacked_rows(blocks: list[Any], shift: Any, words: slice, out: Any) -> Any:
             block[:, words].transpose(1, 0, 2), shift[None, first:last], out=rows[:, first:last]
         )
         first = last
-    return rows.reshape(len(rows), -1)
 
 
 def _finite_rows(rows: Any, name: str) -> Any:
@@ -329,9 +332,11 @@ def _add_words(
     words: slice,
     shifts: list[Any],
     layout: _Layout,
+    last: bool,
 ) -> "_Chain":
-    """Add the statistics of ``words`` of a chunk into the chain's flat float64 total (a new
-    chain if None).
+    """Add ``words`` of a chunk to the chain (a new chain if None): they are shifted into its
+    row buffers, and each full buffer, and with ``last`` what is left, is added into its flat
+    float64 total.
 
     ``blocks`` holds the chunk's layer blocks of A (and of B unless A is B). The chain has no
     other consumer, so it is updated in place.
@@ -339,68 +344,81 @@ def _add_words(
     xp = array_module(blocks[0][0])
     if chain is None:
         chain = _Chain(xp.zeros(layout.size, dtype=np.float64))
-    sums = layout.views(chain.total)
-    scratch = chain.scratch(xp, layout.compute_dtype)
-    step = min(words.stop - words.start, _PRODUCT_WORDS)
-    (la, _), (lb, _) = layout.shape_a, layout.shape_b
-    for start in range(words.start, words.stop, step):
-        part = slice(start, min(start + step, words.stop))
-        rows = [
-            _stacked_rows(
-                input_blocks, shift, part, scratch.array(f"rows{i}", (step, *shift.shape))
+    buffers = chain.row_buffers([shift.shape for shift in shifts], xp, layout.compute_dtype)
+    start = words.start
+    while start < words.stop:
+        stop = min(words.stop, start + _PRODUCT_WORDS - chain.filled)
+        for input_blocks, shift, buffer in zip(blocks, shifts, buffers, strict=True):
+            _copy_shifted_rows(input_blocks, shift, slice(start, stop), buffer[chain.filled :])
+        chain.filled += stop - start
+        start = stop
+        if chain.filled == _PRODUCT_WORDS or (last and start == words.stop):
+            rows = [buffer[: chain.filled].reshape(chain.filled, -1) for buffer in buffers]
+            _add_rows(
+                layout.views(chain.total), chain.scratch(xp, layout.compute_dtype), rows, layout
             )
-            for i, (input_blocks, shift) in enumerate(zip(blocks, shifts, strict=True))
-        ]
-        # Column sums first, one gemv each: a NaN or inf anywhere makes them non-finite, so rows
-        # are checked one by one only in parts that hold such values (or sums that overflow).
-        part_words = len(rows[0])
-        ones = scratch.array("ones", (part_words,))
-        ones.fill(1)
-        column_sums = [ones @ r for r in rows]
-        n = part_words
-        if not all(bool(xp.isfinite(c).all()) for c in column_sums):
-            valid = _finite_rows(rows[0], "A")
-            if not layout.same:
-                valid &= _finite_rows(rows[1], "B")
-            rows = [r[valid] for r in rows]
-            column_sums = [r.sum(axis=0, dtype=np.float64) for r in rows]
-            n = int(valid.sum())
-        x = y = rows[0]
-        sums["n"] += n
-        sums["dropped"] += part_words - n
-        sums["sum_a"] += column_sums[0]
-        if layout.same:
-            scratch.add_cross(sums["gram_a"], x, x, layout.panel_columns, upper=True)
-        else:
-            y = rows[1]
-            sums["sum_b"] += column_sums[1]
-            sums["gram_a"] += scratch.layer_grams(x, la)
-            sums["gram_b"] += scratch.layer_grams(y, lb)
-            scratch.add_cross(sums["cross"], x, y, layout.panel_columns, upper=False)
-        if layout.debiased:
-            norms = _row_norms(x, la)
-            if not layout.same:
-                norms = xp.concatenate([norms, _row_norms(y, lb)], axis=1)
-            sums["a_norms"] += scratch.matmul(x.T, norms)
-            norms64 = norms.astype(np.float64)
-            sums["norms_norms"] += norms64.T @ norms64
-            if not layout.same:
-                sums["b_norms"] += scratch.matmul(y.T, norms)
+            chain.filled = 0
     return chain
 
 
-class _Chain:
-    """A chain's float64 totals and the scratch its tasks share.
+def _add_rows(sums: dict[str, Any], scratch: "_Scratch", rows: list[Any], layout: _Layout) -> None:
+    """Add the statistics of stacked, shifted rows ``(words, layers * dim)`` of A (and of B)
+    into ``sums``, leaving out words with a NaN in either."""
+    xp = scratch.xp
+    (la, _), (lb, _) = layout.shape_a, layout.shape_b
+    # Column sums first, one gemv each: a NaN or inf anywhere makes them non-finite, so rows
+    # are checked one by one only in blocks that hold such values (or sums that overflow).
+    part_words = len(rows[0])
+    ones = scratch.array("ones", (part_words,))
+    ones.fill(1)
+    column_sums = [ones @ r for r in rows]
+    n = part_words
+    if not all(bool(xp.isfinite(c).all()) for c in column_sums):
+        valid = _finite_rows(rows[0], "A")
+        if not layout.same:
+            valid &= _finite_rows(rows[1], "B")
+        rows = [r[valid] for r in rows]
+        column_sums = [r.sum(axis=0, dtype=np.float64) for r in rows]
+        n = int(valid.sum())
+    x = y = rows[0]
+    sums["n"] += n
+    sums["dropped"] += part_words - n
+    sums["sum_a"] += column_sums[0]
+    if layout.same:
+        scratch.add_cross(sums["gram_a"], x, x, layout.panel_columns, upper=True)
+    else:
+        y = rows[1]
+        sums["sum_b"] += column_sums[1]
+        sums["gram_a"] += scratch.layer_grams(x, la)
+        sums["gram_b"] += scratch.layer_grams(y, lb)
+        scratch.add_cross(sums["cross"], x, y, layout.panel_columns, upper=False)
+    if layout.debiased:
+        norms = _row_norms(x, la)
+        if not layout.same:
+            norms = xp.concatenate([norms, _row_norms(y, lb)], axis=1)
+        sums["a_norms"] += scratch.matmul(x.T, norms)
+        norms64 = norms.astype(np.float64)
+        sums["norms_norms"] += norms64.T @ norms64
+        if not layout.same:
+            sums["b_norms"] += scratch.matmul(y.T, norms)
 
-    Its tasks run one after another, so the scratch (the stacked rows of a block of words, a
+
+class _Chain:
+    """A chain's float64 totals, the words waiting in its row buffers, and the scratch its tasks
+    share.
+
+    Its tasks run one after another, so the scratch (the row buffers of a block of words, a
     product panel: ~400 MB for two 13 x 768 models) is allocated once per chain rather than once
     per task. Fresh memory is dear: in a 13 x 13 grid pass over 46,906 words, a quarter of the
     samples were the kernel zeroing newly faulted pages. The scratch is not pickled: a chain
-    moved to another worker takes only its totals.
+    moved to another worker takes its totals and only the rows still waiting for a product.
     """
 
-    def __init__(self, total: Any) -> None:
+    def __init__(self, total: Any, waiting: list[Any] | None = None) -> None:
         self.total = total
+        self.filled = 0  # words waiting in the row buffers
+        self._waiting = waiting or []  # those words' rows, per input, after a move
+        self._buffers: list[Any] = []
         self._scratch: _Scratch | None = None
 
     def scratch(self, xp: Any, dtype: np.dtype) -> "_Scratch":
@@ -408,14 +426,30 @@ class _Chain:
             self._scratch = _Scratch(xp, dtype)
         return self._scratch
 
+    def row_buffers(self, shapes: list[tuple[int, int]], xp: Any, dtype: np.dtype) -> list[Any]:
+        """One ``(_PRODUCT_WORDS, layers, dim)`` buffer per input, holding the waiting words."""
+        if not self._buffers:
+            scratch = self.scratch(xp, dtype)
+            self._buffers = [
+                scratch.array(f"rows{i}", (_PRODUCT_WORDS, *shape))
+                for i, shape in enumerate(shapes)
+            ]
+            if self._waiting:
+                self.filled = len(self._waiting[0])
+                for buffer, rows in zip(self._buffers, self._waiting, strict=True):
+                    buffer[: self.filled] = rows
+                self._waiting = []
+        return self._buffers
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return _Chain, (self.total,)
+        waiting = self._waiting or [buffer[: self.filled] for buffer in self._buffers]
+        return _Chain, (self.total, waiting if self.filled or self._waiting else None)
 
 
 @sizeof.register(_Chain)
 def _sizeof_chain(chain: _Chain) -> int:
     scratch = chain._scratch.arrays.values() if chain._scratch else ()
-    return int(chain.total.nbytes + sum(array.nbytes for array in scratch))
+    return int(chain.total.nbytes + sum(array.nbytes for array in (*scratch, *chain._waiting)))
 
 
 class _Scratch:

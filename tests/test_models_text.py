@@ -256,6 +256,9 @@ def test_minilm_extracts_into_the_store_as_embedded_directly(indexed: str, clien
     for first, stop in ((0, 6), (6, 9)):  # the first two utterances of the fixture corpus
         [direct] = adapter.embed([utterance(texts[first:stop])])
         np.testing.assert_allclose(embedding.values[:, first:stop], direct, atol=1e-5)
+    # Blocks of 4 words cut utterances (6, 3 and 5 words): each block keeps its own words.
+    extract_model(url, "minilm-l6", name="cut", block_words=4, client=client, progress=False)
+    np.testing.assert_allclose(open_store(url).embedding("cut").values, embedding.values, atol=1e-5)
 
 
 def test_model_ids_resolve_from_the_local_hugging_face_cache(

@@ -180,30 +180,45 @@ def _unit_input(unit: list[dict], adapter: ModelAdapter, corpus_root: str) -> Ut
     )
 
 
+def _embed_batch(adapter: ModelAdapter, batch: list[list[dict]], plan: BlockPlan) -> np.ndarray:
+    """The words of a batch's units, which it puts in word order: (layers, words, dim)."""
+    batch.sort(key=lambda unit: unit[0]["first_word"])
+    inputs = [_unit_input(unit, adapter, plan.corpus_root) for unit in batch]
+    vectors = adapter.embed_words(inputs)
+    expected = (plan.n_layers, sum(len(unit_input.words) for unit_input in inputs), plan.dim)
+    if vectors.shape != expected:
+        raise RuntimeError(
+            f"{plan.spec} returned {vectors.shape} for the batch of {inputs[0].id},"
+            f" expected {expected}"
+        )
+    return vectors
+
+
 def embed_block(plan: BlockPlan) -> tuple[int, float]:
     """Embed one block and hand it to this worker's writer; returns (utterances, audio seconds).
     The words it leaves NaN are counted with its completion mark, when it is written."""
     adapter = _loaded_adapter(plan.spec, plan.device, plan.dtype)
-    values = np.full(
-        (len(plan.layers), plan.word_stop - plan.word_start, plan.dim), np.nan, dtype=np.float32
-    )
     audio = adapter.modality == "audio"
     pack_seconds = plan.pack_seconds if audio else 0.0
     # Text and static models batch by their own token budget: give them the whole block at once.
     batch_seconds = plan.batch_seconds if audio else math.inf
     # A slice when every layer is kept: basic indexing copies once, a list of layers twice.
     layers = slice(None) if plan.layers == tuple(range(plan.n_layers)) else list(plan.layers)
-    for batch in _batches(_units(plan.utterances, pack_seconds), batch_seconds):
-        inputs = [_unit_input(unit, adapter, plan.corpus_root) for unit in batch]
-        for unit, unit_input, vectors in zip(batch, inputs, adapter.embed(inputs), strict=True):
-            expected = (plan.n_layers, len(unit_input.words), plan.dim)
-            if vectors.shape != expected:
-                raise RuntimeError(
-                    f"{plan.spec} returned {vectors.shape} for {unit_input.id}, expected {expected}"
-                )
+    batches = _batches(_units(plan.utterances, pack_seconds), batch_seconds)
+    if len(batches) == 1:
+        # The block's utterances in order: its words are a slice of the adapter's array.
+        vectors = _embed_batch(adapter, batches[0], plan)
+        first = plan.utterances[0]["first_word"]
+        values = vectors[layers, plan.word_start - first : plan.word_stop - first]
+    else:
+        values = np.full(
+            (len(plan.layers), plan.word_stop - plan.word_start, plan.dim), np.nan, np.float32
+        )
+        for batch in batches:
+            vectors = _embed_batch(adapter, batch, plan)
             row = 0
-            for utterance in unit:
-                first, count = utterance["first_word"], len(utterance["words"])
+            for unit in batch:
+                first, count = unit[0]["first_word"], sum(len(item["words"]) for item in unit)
                 keep_from = max(plan.word_start, first)
                 keep_to = min(plan.word_stop, first + count)
                 values[:, keep_from - plan.word_start : keep_to - plan.word_start] = vectors[

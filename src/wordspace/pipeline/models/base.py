@@ -125,6 +125,17 @@ class ModelAdapter(ABC):
     def embed(self, utterances: list[Utterance]) -> list[np.ndarray]:
         """Per utterance, (layers, words, dim) float32; NaN rows for words it cannot represent."""
 
+    def embed_words(self, utterances: list[Utterance]) -> np.ndarray:
+        """The words of all `utterances` in order, (layers, words, dim) float32, as `embed` gives
+        them. Adapters that compute every word in one array return that array itself."""
+        return np.concatenate(self.embed(utterances), axis=1)
+
+
+def split_by_utterance(vectors: np.ndarray, utterances: list[Utterance]) -> list[np.ndarray]:
+    """(layers, words, dim) of consecutive utterances' words as one view per utterance."""
+    bounds = np.cumsum([0] + [len(utterance.words) for utterance in utterances]).tolist()
+    return [vectors[:, start:stop] for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
+
 
 class AudioModelAdapter(ModelAdapter):
     """An audio model: it produces frames, and words are pooled from them by `pool_frames`."""

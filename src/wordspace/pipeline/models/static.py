@@ -16,7 +16,7 @@ from typing import TextIO
 import numpy as np
 
 from wordspace.errors import WordspaceError
-from wordspace.pipeline.models.base import ModelAdapter, Utterance
+from wordspace.pipeline.models.base import ModelAdapter, Utterance, split_by_utterance
 from wordspace.pipeline.models.cache import build_once, cache_root, file_key
 from wordspace.pipeline.models.devices import torch_device
 from wordspace.pipeline.models.registry import ModelEntry, register, register_path_prefix
@@ -67,19 +67,19 @@ class StaticVectorsModel(ModelAdapter):
         return np.array([self._row_of_word.get(word, -1) for word in words], dtype=np.int64)
 
     def embed(self, utterances: list[Utterance]) -> list[np.ndarray]:
+        return split_by_utterance(self.embed_words(utterances), utterances)
+
+    def embed_words(self, utterances: list[Utterance]) -> np.ndarray:
         if self._vectors is None:
             raise RuntimeError(f"{self.name}: call load() before embed()")
-        results = []
-        for utterance in utterances:
-            rows = self.rows(list(utterance.words))
-            found = rows >= 0
-            vectors = np.full((1, len(rows), self.dim), np.nan, dtype=np.float32)
-            # Sorted reads touch each page of a memory-mapped matrix once.
-            order = np.argsort(rows[found])
-            picked = np.asarray(self._vectors[rows[found][order]], dtype=np.float32)
-            vectors[0, np.flatnonzero(found)[order]] = picked
-            results.append(vectors)
-        return results
+        rows = self.rows([word for utterance in utterances for word in utterance.words])
+        found = rows >= 0
+        vectors = np.full((1, len(rows), self.dim), np.nan, dtype=np.float32)
+        # Sorted reads touch each page of a memory-mapped matrix once.
+        order = np.argsort(rows[found])
+        picked = np.asarray(self._vectors[rows[found][order]], dtype=np.float32)
+        vectors[0, np.flatnonzero(found)[order]] = picked
+        return vectors
 
 
 def _text_lines(path: Path) -> Iterator[str]:

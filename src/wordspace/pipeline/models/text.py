@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from wordspace.errors import WordspaceError
-from wordspace.pipeline.models.base import ModelAdapter, Utterance
+from wordspace.pipeline.models.base import ModelAdapter, Utterance, split_by_utterance
 from wordspace.pipeline.models.devices import torch_device, torch_dtype
 from wordspace.pipeline.models.registry import ModelEntry, register
 
@@ -220,6 +220,9 @@ class TransformerTextModel(ModelAdapter):
         return tokens, tokens_per_word
 
     def embed(self, utterances: list[Utterance]) -> list[np.ndarray]:
+        return split_by_utterance(self.embed_words(utterances), utterances)
+
+    def embed_words(self, utterances: list[Utterance]) -> np.ndarray:
         if self._model is None:
             raise RuntimeError(f"{self.name}: call load() before embed()")
         tokens, tokens_per_word = self._tokens(utterances)
@@ -241,8 +244,7 @@ class TransformerTextModel(ModelAdapter):
         means = sums.numpy()[:, :-1]
         with np.errstate(invalid="ignore"):  # 0 / 0: NaN for tokenless words
             means /= tokens_per_word[None, :, None].astype(np.float32)
-        bounds = np.cumsum([0] + [len(utterance.words) for utterance in utterances])
-        return [means[:, start:stop] for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
+        return means
 
     def _accumulate(self, tokens: _Tokens, windows: np.ndarray, sums: torch.Tensor) -> None:
         """Run the model on `windows` and add each owned token's states to its word's sum."""

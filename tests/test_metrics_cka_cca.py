@@ -141,17 +141,23 @@ def test_a_chain_keeps_its_scratch_between_tasks_and_travels_with_its_waiting_ro
               for start in (0, 20, 40)]  # fmt: skip
     shifts = [np.zeros((x.shape[0], x.shape[2]), np.float32) for x in (a, b)]
     add_words = statistics_module._add_words
-    chain = add_words(None, blocks[0], slice(0, 20), shifts, layout, last=False)
-    assert chain.filled == 4  # one product of 16 words done, 4 words waiting for the next
+    chain = add_words(None, blocks[0], slice(0, 10), shifts, layout, last=False)
+    assert chain.filled == 10  # fewer words than a product (16): they wait for the next task
+    buffers = chain._buffers
+    assert add_words(chain, blocks[0], slice(10, 20), shifts, layout, last=False) is chain
+    assert chain.filled == 4  # one product of 16 words done, 4 words waiting
+    assert chain._buffers is buffers
     scratch = dict(chain._scratch.arrays)
-    assert add_words(chain, blocks[1], slice(0, 10), shifts, layout, last=False) is chain
+    add_words(chain, blocks[1], slice(0, 5), shifts, layout, last=False)
     assert all(chain._scratch.arrays[key] is array for key, array in scratch.items())
     assert dask.sizeof.sizeof(chain) == chain.total.nbytes + sum(x.nbytes for x in scratch.values())
     moved = pickle.loads(pickle.dumps(chain))
     assert moved._scratch is None and np.array_equal(moved.total, chain.total)
     for resumed in (chain, moved):
-        add_words(resumed, blocks[1], slice(10, 20), shifts, layout, last=False)
-        add_words(resumed, blocks[2], slice(0, 20), shifts, layout, last=True)
+        add_words(resumed, blocks[1], slice(5, 20), shifts, layout, last=False)
+        assert resumed.filled == 8
+        add_words(resumed, blocks[2], slice(0, 20), shifts, layout, last=False)
+        assert resumed.filled == 0  # a task of a product's words or more ends with a product
     assert np.array_equal(moved.total, chain.total)
     stats = statistics_module._finish(chain.total, layout)
     assert stats.n_words == 60

@@ -335,8 +335,10 @@ def _add_words(
     last: bool,
 ) -> "_Chain":
     """Add ``words`` of a chunk to the chain (a new chain if None): they are shifted into its
-    row buffers, and each full buffer, and with ``last`` what is left, is added into its flat
-    float64 total.
+    row buffers, and each full buffer is added into its flat float64 total, as is what is left
+    at the end of the chain's last task or of a task of at least ``_PRODUCT_WORDS`` words. So
+    only the rows of smaller chunks wait for the next task (and travel with a chain that moves
+    to another worker).
 
     ``blocks`` holds the chunk's layer blocks of A (and of B unless A is B). The chain has no
     other consumer, so it is updated in place.
@@ -345,6 +347,7 @@ def _add_words(
     if chain is None:
         chain = _Chain(xp.zeros(layout.size, dtype=np.float64))
     buffers = chain.row_buffers([shift.shape for shift in shifts], xp, layout.compute_dtype)
+    flush_at_end = last or words.stop - words.start >= _PRODUCT_WORDS
     start = words.start
     while start < words.stop:
         stop = min(words.stop, start + _PRODUCT_WORDS - chain.filled)
@@ -352,7 +355,7 @@ def _add_words(
             _copy_shifted_rows(input_blocks, shift, slice(start, stop), buffer[chain.filled :])
         chain.filled += stop - start
         start = stop
-        if chain.filled == _PRODUCT_WORDS or (last and start == words.stop):
+        if chain.filled == _PRODUCT_WORDS or (flush_at_end and start == words.stop):
             rows = [buffer[: chain.filled].reshape(chain.filled, -1) for buffer in buffers]
             _add_rows(
                 layout.views(chain.total), chain.scratch(xp, layout.compute_dtype), rows, layout

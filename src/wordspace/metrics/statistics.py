@@ -10,8 +10,9 @@ diagonal). No ``n × n`` matrix ever exists.
 The pass. The words are cut into as many equal, contiguous shares as the active Dask scheduler
 runs tasks at once, and each share is a chain of tasks, one per word chunk (or part of a chunk)
 in it. A task copies its words, shifted, into the chain's row buffer; each time the buffer holds
-``_PRODUCT_WORDS`` words (and at the chain's end), their products are added into the chain's
-float64 totals in place, so products span chunk boundaries and chunks need no merging. The
+``_PRODUCT_WORDS`` words (and at the end of the chain, or of a task of at least that many words),
+their products are added into the chain's float64 totals in place, so products span the
+boundaries of small chunks and chunks need no merging. The
 chains' totals are added pairwise at the end. So each chain allocates its totals and its scratch
 once, however many chunks it reads, and memory is bounded by the size of the statistics and one
 chunk per chain, not by n. With the
@@ -445,8 +446,10 @@ class _Chain:
         return self._buffers
 
     def __reduce__(self) -> tuple[Any, ...]:
-        waiting = self._waiting or [buffer[: self.filled] for buffer in self._buffers]
-        return _Chain, (self.total, waiting if self.filled or self._waiting else None)
+        waiting = self._waiting or [
+            buffer[: self.filled] for buffer in self._buffers if self.filled
+        ]
+        return _Chain, (self.total, waiting)
 
 
 @sizeof.register(_Chain)

@@ -58,10 +58,11 @@ def _labelled(grid: xr.Dataset, model_a: str, model_b: str, metrics: list[str]) 
 
 
 def best_pair(values: xr.DataArray, within: bool) -> tuple[int, int]:
-    """Position of the maximum; within a model, off the diagonal (the diagonal is 1)."""
+    """Position of the maximum; within a model, above the diagonal (the diagonal is 1 and the
+    matrix symmetric up to rounding, so the lower layer comes first whichever way it rounds)."""
     matrix = values.values.astype(float).copy()
     if within:
-        np.fill_diagonal(matrix, -np.inf)
+        matrix[np.tril_indices_from(matrix)] = -np.inf
     flat = np.nanargmax(np.where(np.isnan(matrix), -np.inf, matrix))
     return tuple(int(i) for i in np.unravel_index(flat, matrix.shape))
 

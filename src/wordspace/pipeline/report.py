@@ -22,6 +22,7 @@ import wordspace
 from wordspace.pipeline.analyses import (
     ANALYSES,
     figure_stem,
+    heatmaps,
     plot_results,
     retrieval_errors,
     stored_results,
@@ -73,10 +74,8 @@ def headlines(url: str | os.PathLike) -> list[Headline]:
             values = values.transpose(*GRID_DIMS)
             if not np.isfinite(values.values).any():
                 continue
-            matrix = values.values.astype(float)
-            if model_a == model_b and matrix.shape[0] == matrix.shape[1] and matrix.shape[0] > 1:
-                np.fill_diagonal(matrix, np.nan)
-            i, j = np.unravel_index(np.nanargmax(matrix), matrix.shape)
+            n_a, n_b = values.shape
+            i, j = heatmaps.best_pair(values, model_a == model_b and n_a == n_b > 1)
             rows.append(
                 Headline(
                     model_a,
@@ -84,7 +83,7 @@ def headlines(url: str | os.PathLike) -> list[Headline]:
                     str(metric),
                     str(values["layer_a"].values[i]),
                     str(values["layer_b"].values[j]),
-                    float(matrix[i, j]),
+                    float(values.values[i, j]),
                 )
             )
     return rows

@@ -56,7 +56,7 @@ def window_of_token(n_tokens: int, windows: list[tuple[int, int]]) -> np.ndarray
 
 @dataclass
 class _Tokens:
-    """The tokens of one `embed` call, flat, and the model inputs (windows) they are cut into."""
+    """The tokens of one `embed_words` call, flat, and the windows (model inputs) cut from them."""
 
     ids: np.ndarray  # token ids of all utterances, one after another
     words: np.ndarray  # for each token, its word (numbered across the call)

@@ -137,27 +137,30 @@ def test_a_chain_keeps_its_scratch_between_tasks_and_travels_with_its_waiting_ro
     b = rng.standard_normal((2, 60, 4)).astype(np.float32)
     stack_a, stack_b = da.from_array(a, chunks=(1, 20, 5)), da.from_array(b, chunks=(1, 20, 4))
     layout = statistics_module._Layout.of(stack_a, stack_b, same=False, debiased=False)
-    blocks = [[list(np.split(x[:, start : start + 20], len(x))) for x in (a, b)]
-              for start in (0, 20, 40)]  # fmt: skip
+    readers = [
+        statistics_module._layer_blocks_per_chunk(x, read_in_task=True) for x in (stack_a, stack_b)
+    ]
+    blocks = list(zip(*readers, strict=True))  # per chunk of 20 words, the layer blocks to read
     shifts = [np.zeros((x.shape[0], x.shape[2]), np.float32) for x in (a, b)]
     add_words = statistics_module._add_words
     chain = add_words(None, blocks[0], slice(0, 10), shifts, layout, last=False)
     assert chain.filled == 10  # fewer words than a product (16): they wait for the next task
     buffers = chain._buffers
     assert add_words(chain, blocks[0], slice(10, 20), shifts, layout, last=False) is chain
-    assert chain.filled == 4  # one product of 16 words done, 4 words waiting
+    assert chain.filled == 10  # 10 + 10 > 16: the waiting 10 were added first, 10 now wait
     assert chain._buffers is buffers
     scratch = dict(chain._scratch.arrays)
     add_words(chain, blocks[1], slice(0, 5), shifts, layout, last=False)
+    assert chain.filled == 15
     assert all(chain._scratch.arrays[key] is array for key, array in scratch.items())
     assert dask.sizeof.sizeof(chain) == chain.total.nbytes + sum(x.nbytes for x in scratch.values())
     moved = pickle.loads(pickle.dumps(chain))
     assert moved._scratch is None and np.array_equal(moved.total, chain.total)
     for resumed in (chain, moved):
         add_words(resumed, blocks[1], slice(5, 20), shifts, layout, last=False)
-        assert resumed.filled == 8
+        assert resumed.filled == 15
         add_words(resumed, blocks[2], slice(0, 20), shifts, layout, last=False)
-        assert resumed.filled == 0  # a task of a product's words or more ends with a product
+        assert resumed.filled == 0  # more words than a product: added in two of 10 at once
     assert np.array_equal(moved.total, chain.total)
     stats = statistics_module._finish(chain.total, layout)
     assert stats.n_words == 60

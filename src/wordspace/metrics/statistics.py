@@ -19,7 +19,8 @@ once, however many chunks it reads, and memory is bounded by the size of the sta
 chunk per chain, not by n.
 
 On the local schedulers each task reads its own chunk, one layer block at a time, each block
-copied into the row buffer before the next is read. Read as tasks of their own, Dask ran the
+copied into the row buffer before the next is read (a chunk larger than a product: all its
+blocks, then its products). Read as tasks of their own, Dask ran the
 reads in its own priority order: in a 13 x 13 grid pass over 46,906 words one thread read ahead
 most of one chain's chunks while the other chain waited eight seconds for its next one, and the
 chains finished seven seconds apart; and memory that held a chunk's blocks was given back

@@ -20,12 +20,13 @@ chunk per chain, not by n.
 
 On the local schedulers each task reads its own chunk, one layer block at a time, each block
 copied into the row buffer before the next is read (a chunk larger than a product: all its
-blocks, then its products). Read as tasks of their own, Dask ran the
-reads in its own priority order: in a 13 x 13 grid pass over 46,906 words one thread read ahead
-most of one chain's chunks while the other chain waited eight seconds for its next one, and the
-chains finished seven seconds apart; and memory that held a chunk's blocks was given back
-between tasks, so every read paid for fresh pages again. (A distributed cluster reads its
-blocks as tasks: in-memory inputs are scattered there, and its scheduler queues root tasks.)
+blocks, then its products). Read as tasks of their own, the reads ran in Dask's priority
+order: in a 13 x 13 grid pass over 46,906 words one thread ran read tasks for eight seconds
+while a chain waited for its next chunk, and the chains finished seven seconds apart; and the
+memory that held a chunk's blocks went back to the system between tasks, so reads kept paying
+for fresh pages (keeping it, by a glibc setting, took 5-7 s off that pass). A distributed
+cluster still reads blocks as tasks: in-memory inputs are scattered there, and its scheduler
+queues root tasks.
 With the local threaded scheduler each task gets an equal share of the cores' BLAS threads
 (distributed workers already run single-threaded BLAS), so Dask threads and BLAS threads never
 oversubscribe.

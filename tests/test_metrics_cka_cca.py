@@ -169,6 +169,23 @@ def test_a_chain_keeps_its_scratch_between_tasks_and_travels_with_its_waiting_ro
     np.testing.assert_allclose(stats.cross[1, :, 1], centred[0].T @ centred[1], rtol=1e-5)
 
 
+def test_local_schedulers_read_blocks_inside_the_chain_tasks(small_chunks, monkeypatch):
+    """Read by tasks of their own, blocks ran in Dask's order, ahead of the chains needing them."""
+    rng = np.random.default_rng(7)
+    a, b = rng.standard_normal((2, 200, 3)), rng.standard_normal((2, 200, 4))
+    seen = []
+    add_words = statistics_module._add_words
+
+    def recording(chain, blocks, *args):
+        seen.extend(type(block) for input_blocks in blocks for block in input_blocks)
+        return add_words(chain, blocks, *args)
+
+    monkeypatch.setattr(statistics_module, "_add_words", recording)
+    with dask.config.set(scheduler="threads"):
+        similarity_grid(da.from_array(a, chunks=(1, 50, 3)), da.from_array(b, chunks=(1, 50, 4)))
+    assert seen and set(seen) == {statistics_module._BlockReader}
+
+
 def test_rows_whose_sum_overflows_are_kept_and_nan_rows_dropped():
     rows = np.array([[3e38, 3e38], [1, np.nan], [1, 2]], dtype=np.float32)
     with np.errstate(over="ignore"):

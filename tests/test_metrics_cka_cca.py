@@ -8,6 +8,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
+from dask.delayed import Delayed
 
 from wordspace.errors import WordspaceError
 from wordspace.metrics import (
@@ -137,9 +138,7 @@ def test_a_chain_keeps_its_scratch_between_tasks_and_travels_with_its_waiting_ro
     b = rng.standard_normal((2, 60, 4)).astype(np.float32)
     stack_a, stack_b = da.from_array(a, chunks=(1, 20, 5)), da.from_array(b, chunks=(1, 20, 4))
     layout = statistics_module._Layout.of(stack_a, stack_b, same=False, debiased=False)
-    readers = [
-        statistics_module._layer_blocks_per_chunk(x, read_in_task=True) for x in (stack_a, stack_b)
-    ]
+    readers = [statistics_module._layer_blocks_per_chunk(x) for x in (stack_a, stack_b)]
     blocks = list(zip(*readers, strict=True))  # per chunk of 20 words, the layer blocks to read
     shifts = [np.zeros((x.shape[0], x.shape[2]), np.float32) for x in (a, b)]
     add_words = statistics_module._add_words
@@ -415,3 +414,17 @@ def test_in_memory_inputs_reach_a_cluster_outside_the_task_graph(client):
         got = similarity_grid(a, b)
     for name in expected.data_vars:  # near-zero values (independent data): atol
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-6, atol=1e-9)
+
+
+def test_a_cluster_reads_store_blocks_in_the_chain_tasks_and_fetches_scattered_ones(
+    client, tmp_path
+):
+    values = np.random.default_rng(8).standard_normal((2, 200, 3)).astype(np.float32)
+    da.to_zarr(da.from_array(values, chunks=(1, 50, -1)), str(tmp_path / "a.zarr"))
+    stored = statistics_module._layer_blocks_per_chunk(da.from_zarr(str(tmp_path / "a.zarr")))
+    scattered = statistics_module._layer_blocks_per_chunk(
+        statistics_module.as_layer_stack(values, "A")
+    )
+    assert {type(block) for chunk in stored for block in chunk} == {statistics_module._BlockReader}
+    assert {type(block) for chunk in scattered for block in chunk} == {Delayed}
+    np.testing.assert_array_equal(stored[1][0].read(), values[:1, 50:100])

@@ -18,15 +18,15 @@ chains' totals are added pairwise at the end. So each chain allocates its totals
 once, however many chunks it reads, and memory is bounded by the size of the statistics and one
 chunk per chain, not by n.
 
-On the local schedulers each task reads its own chunk, one layer block at a time, each block
-copied into the row buffer before the next is read (a chunk larger than a product: all its
-blocks, then its products). Read as tasks of their own, the reads ran in Dask's priority
-order: in a 13 x 13 grid pass over 46,906 words one thread ran read tasks for eight seconds
-while a chain waited for its next chunk, and the chains finished seven seconds apart; and the
-memory that held a chunk's blocks went back to the system between tasks, so reads kept paying
-for fresh pages (keeping it, by a glibc setting, took 5-7 s off that pass). A distributed
-cluster still reads blocks as tasks: in-memory inputs are scattered there, and its scheduler
-queues root tasks.
+Each task reads its own chunk, one layer block at a time, each block copied into the row buffer
+before the next is read (a chunk larger than a product: all its blocks, then its products).
+Read as tasks of their own, the reads ran in Dask's priority order: in a 13 x 13 grid pass over
+46,906 words on the threaded scheduler one thread ran read tasks for eight seconds while a chain
+waited for its next chunk, the chains finished seven seconds apart, and the memory that held a
+chunk's blocks went back to the system between tasks, so reads kept paying for fresh pages; on a
+two-worker cluster one worker ran most reads and the other fetched their blocks from it. Only
+blocks that depend on data already held by a cluster (scattered in-memory inputs, persisted
+arrays) are still fetched by Dask before the task runs.
 With the local threaded scheduler each task gets an equal share of the cores' BLAS threads
 (distributed workers already run single-threaded BLAS), so Dask threads and BLAS threads never
 oversubscribe.
@@ -238,10 +238,7 @@ def gram_statistics(a: Any, b: Any, debiased: bool = False) -> GramStatistics:
     stacks = [stack_a]
     if not same:
         stacks.append(stack_b.rechunk({1: stack_a.chunks[1], 2: -1}))
-    read_in_task = distributed_client() is None
-    chunks = list(
-        zip(*[_layer_blocks_per_chunk(stack, read_in_task) for stack in stacks], strict=True)
-    )
+    chunks = list(zip(*[_layer_blocks_per_chunk(stack) for stack in stacks], strict=True))
     shifts = [delayed(_column_shift)(blocks, compute_dtype) for blocks in chunks[0]]
     scheduler = dask.base.get_scheduler(collections=shifts)
     # Each chain holds a copy of the totals: no more chains than blocks of products.
@@ -261,22 +258,32 @@ def gram_statistics(a: Any, b: Any, debiased: bool = False) -> GramStatistics:
     return _finish(to_numpy(_compute(states[0], scheduler, chains).total), layout)
 
 
-def _layer_blocks_per_chunk(stack: da.Array, read_in_task: bool) -> list[list[Any]]:
-    """For each word chunk of a ``(layer, word, dim)`` array, its blocks of layers, in order:
-    Dask computes them before a task runs, or, with ``read_in_task``, the task reads them."""
+def _layer_blocks_per_chunk(stack: da.Array) -> list[list[Any]]:
+    """For each word chunk of a ``(layer, word, dim)`` array, its blocks of layers, in order.
+
+    A block whose graph holds everything needed to read it (a store's slice, an array's values)
+    is read by the task that uses it. One that depends on data already on a cluster (scattered
+    or persisted) stays a Dask block, which Dask fetches before the task runs.
+    """
     blocks = stack.to_delayed()
-    if read_in_task:
-        graph = dict(blocks.flat[0].__dask_graph__())
-        blocks = np.vectorize(lambda block: _BlockReader(graph, block.key), otypes=[object])(blocks)
-    return [list(blocks[:, word, 0]) for word in range(blocks.shape[1])]
+    graph = dict(blocks.flat[0].__dask_graph__())
+    readers = np.vectorize(lambda block: _reader_or_block(graph, block), otypes=[object])(blocks)
+    return [list(readers[:, word, 0]) for word in range(readers.shape[1])]
+
+
+def _reader_or_block(graph: dict, block: Delayed) -> Any:
+    """A ``_BlockReader`` for ``block`` unless its graph refers to keys it does not define."""
+    needed = cull(graph, [block.key])[0]
+    held_elsewhere = {key for node in needed.values() for key in node.dependencies} - needed.keys()
+    return block if held_elsewhere else _BlockReader(needed, block.key)
 
 
 class _BlockReader:
-    """One block of a Dask array, read by the task that needs it (the part of the array's graph
-    that block depends on, run synchronously)."""
+    """One block of a Dask array, read by the task that needs it: the part of the array's graph
+    that block depends on, run synchronously."""
 
-    def __init__(self, graph: dict, key: Any) -> None:
-        self.graph, self.key = cull(graph, [key])[0], key
+    def __init__(self, needed: dict, key: Any) -> None:
+        self.graph, self.key = needed, key
 
     def read(self) -> Any:
         return get_sync(self.graph, self.key)

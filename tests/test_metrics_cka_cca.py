@@ -428,3 +428,17 @@ def test_a_cluster_reads_store_blocks_in_the_chain_tasks_and_fetches_scattered_o
     assert {type(block) for chunk in stored for block in chunk} == {statistics_module._BlockReader}
     assert {type(block) for chunk in scattered for block in chunk} == {Delayed}
     np.testing.assert_array_equal(stored[1][0].read(), values[:1, 50:100])
+
+
+def worker_address_and_words(stats: statistics_module.GramStatistics) -> tuple[str, int]:
+    from distributed import get_worker
+
+    return get_worker().address, stats.n_words
+
+
+def test_a_cluster_summarises_the_statistics_on_a_worker(client):
+    rng = np.random.default_rng(9)
+    a, b = rng.standard_normal((2, 300, 4)), rng.standard_normal((300, 3))
+    b[7] = np.nan
+    address, words = gram_statistics(a, b, summary=worker_address_and_words)
+    assert address in client.scheduler_info()["workers"] and words == 299

@@ -12,6 +12,7 @@ rounding noise into correlations of 1. Canonical correlations are then
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -88,7 +89,8 @@ def canonical_correlations(x: Any, y: Any, ridge: float = 0.0) -> np.ndarray:
     ``ridge`` shrinks each covariance towards a scaled identity, ``(1-r) C + r (tr C / d) I``.
     """
     check_ridge(ridge)
-    return canonical_correlations_from_statistics(gram_statistics(x, y), ridge)[0][0]
+    summary = partial(canonical_correlations_from_statistics, ridge=ridge)
+    return gram_statistics(x, y, summary=summary)[0][0]
 
 
 def cca(x: Any, y: Any, ridge: float = 0.0) -> float:
@@ -99,4 +101,4 @@ def cca(x: Any, y: Any, ridge: float = 0.0) -> float:
 def cca_grid(a: Any, b: Any, ridge: float = 0.0) -> np.ndarray:
     """Mean canonical correlation of every layer of ``a`` with every layer of ``b``, (La, Lb)."""
     check_ridge(ridge)
-    return cca_from_statistics(gram_statistics(a, b), ridge)
+    return gram_statistics(a, b, summary=partial(cca_from_statistics, ridge=ridge))

@@ -1,5 +1,6 @@
 """Linear CKA (Kornblith et al. 2019), biased and debiased, from accumulated Gram statistics."""
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,8 @@ def cka_grid(a: Any, b: Any, debiased: bool = False) -> np.ndarray:
 
     Words that are NaN in either input are left out (``similarity_grid`` reports how many).
     """
-    return cka_from_statistics(gram_statistics(a, b, debiased=debiased), debiased)
+    summary = partial(cka_from_statistics, debiased=debiased)
+    return gram_statistics(a, b, debiased=debiased, summary=summary)
 
 
 def linear_cka(x: Any, y: Any, debiased: bool = False) -> float:

@@ -1,6 +1,7 @@
 """Every requested layer-pair similarity of two models from one pass over their words."""
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -31,14 +32,13 @@ def similarity_grid(
             f"metrics={list(metrics)}: unknown or empty; choose from {', '.join(GRID_METRICS)}"
         )
     check_ridge(ridge)
-    stats = gram_statistics(a, b, debiased="cka_debiased" in metrics)
-    grids = grids_from_statistics(stats, metrics, ridge)
-    labels_a = _layer_labels(a, stats.n_layers[0])
-    labels_b = _layer_labels(b, stats.n_layers[1])
+    summary = partial(_grids_and_counts, metrics=tuple(metrics), ridge=ridge)
+    grids, counts = gram_statistics(a, b, debiased="cka_debiased" in metrics, summary=summary)
+    layers_a, layers_b = grids[metrics[0]].shape
     return xr.Dataset(
         {name: (("layer_a", "layer_b"), grid) for name, grid in grids.items()},
-        coords={"layer_a": labels_a, "layer_b": labels_b},
-        attrs={"n_words": stats.n_words, "n_excluded": stats.n_excluded, "cca_ridge": ridge},
+        coords={"layer_a": _layer_labels(a, layers_a), "layer_b": _layer_labels(b, layers_b)},
+        attrs={**counts, "cca_ridge": ridge},
     )
 
 
@@ -53,6 +53,13 @@ def grids_from_statistics(
         "cca": lambda: cca_from_statistics(stats, ridge),
     }
     return {name: finish[name]() for name in metrics}
+
+
+def _grids_and_counts(
+    stats: GramStatistics, metrics: Sequence[str], ridge: float
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    grids = grids_from_statistics(stats, metrics, ridge)
+    return grids, {"n_words": stats.n_words, "n_excluded": stats.n_excluded}
 
 
 def _layer_labels(x: Any, n_layers: int) -> np.ndarray:

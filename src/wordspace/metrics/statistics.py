@@ -14,7 +14,9 @@ added into the chain's float64 totals in place, in one product, when the task's 
 fit beside them, when it is full, and at the end of the chain. A chunk of more words than a
 product is read once and added in several equal products. So products span the boundaries of
 small chunks (which need no merging) and only rows of small chunks wait between tasks. The
-chains' totals are added pairwise at the end. So each chain allocates its totals and its scratch
+chains' totals are added pairwise at the end, and a last task, where the sum lies, centres it and
+computes the caller's summary (the metrics' grids): on a cluster the statistics stay on a worker
+and only the summary reaches the client. So each chain allocates its totals and its scratch
 once, however many chunks it reads, and memory is bounded by the size of the statistics and one
 chunk per chain, not by n.
 
@@ -43,8 +45,9 @@ infinite values are an error.
 """
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import dask
 import dask.array as da
@@ -60,6 +63,8 @@ from threadpoolctl import threadpool_limits
 from wordspace.errors import WordspaceError
 from wordspace.metrics._backend import array_module, to_numpy
 from wordspace.metrics._blocks import distributed_client, in_memory_blocks
+
+SummaryT = TypeVar("SummaryT")
 
 # In-memory inputs are cut into chunks of at least this many words and about
 # _TARGET_CHUNK_BYTES of input.
@@ -215,11 +220,19 @@ def _with_large_word_chunks(x: da.Array, rows: int) -> da.Array:
     return x.rechunk({1: -(-rows // current) * current})
 
 
-def gram_statistics(a: Any, b: Any, debiased: bool = False) -> GramStatistics:
+def gram_statistics(
+    a: Any,
+    b: Any,
+    debiased: bool = False,
+    summary: Callable[[GramStatistics], SummaryT] | None = None,
+) -> GramStatistics | SummaryT:
     """Accumulate the statistics of every layer of ``a`` against every layer of ``b``.
 
     ``a is b`` computes only the upper triangle of the scratch. Runs on whatever Dask scheduler
-    is active (a distributed client if one exists).
+    is active (a distributed client if one exists). With ``summary``, returns
+    ``summary(statistics)``, computed in the task that completes the statistics (on a cluster,
+    a worker), so only its result travels to the client: the statistics of two 13 x 768 models
+    are 800 MB.
     """
     same = a is b
     stack_a = as_layer_stack(a, "A")
@@ -255,7 +268,7 @@ def gram_statistics(a: Any, b: Any, debiased: bool = False) -> GramStatistics:
     while len(states) > 1:
         pairs = [states[i : i + 2] for i in range(0, len(states), 2)]
         states = [delayed(_add_into)(*pair) if len(pair) == 2 else pair[0] for pair in pairs]
-    return _finish(to_numpy(_compute(states[0], scheduler, chains).total), layout)
+    return _compute(delayed(_summarize)(states[0], layout, summary), scheduler, chains)
 
 
 def _layer_blocks_per_chunk(stack: da.Array) -> list[list[Any]]:
@@ -323,13 +336,13 @@ def _concurrent_tasks(scheduler: Any, on_gpu: bool) -> int:
     return 1
 
 
-def _compute(total: Delayed, scheduler: Any, tasks: int) -> Any:
-    """Compute ``total``; the local threaded scheduler gets one thread per chain (so only those
+def _compute(result: Delayed, scheduler: Any, tasks: int) -> Any:
+    """Compute ``result``; the local threaded scheduler gets one thread per chain (so only those
     threads ever touch a GPU), and they share this process's BLAS threads."""
     if scheduler is not dask.threaded.get:
-        return total.compute(scheduler=scheduler)
+        return result.compute(scheduler=scheduler)
     with threadpool_limits(limits=max(1, (os.cpu_count() or 1) // tasks)):
-        return total.compute(scheduler=scheduler, num_workers=tasks)
+        return result.compute(scheduler=scheduler, num_workers=tasks)
 
 
 def _column_shift(blocks: list[Any], compute_dtype: np.dtype) -> Any:
@@ -572,6 +585,13 @@ def _row_norms(rows: Any, layers: int) -> Any:
     """Squared norm of each row's slice per layer, ``(words, layers)``, with no temporary copy."""
     per_layer = rows.reshape(rows.shape[0], layers, rows.shape[1] // layers)
     return array_module(rows).einsum("nld,nld->nl", per_layer, per_layer)
+
+
+def _summarize(
+    chain: _Chain, layout: _Layout, summary: Callable[[GramStatistics], SummaryT] | None
+) -> GramStatistics | SummaryT:
+    stats = _finish(to_numpy(chain.total), layout)
+    return stats if summary is None else summary(stats)
 
 
 def _finish(total: np.ndarray, layout: _Layout) -> GramStatistics:

@@ -4,12 +4,14 @@ Grid mode (default): two random models of 13 layers x 768 over 46,906 words (the
 float32, written to Zarr stores; times (1) the study's ``linear_CKA`` pair by pair on in-memory
 arrays, (2) ``cka_grid`` from the store, (3) ``similarity_grid`` with CKA, debiased CKA and CCA;
 prints each time, GFLOP/s as a share of the single-precision matmul peak measured in this run (on
-the engine's own product shape, before and after every ``cka_grid`` run: each run is compared
-with the best peak and with the mean of the two peaks around it), and the ratios. Scale
-mode (``--scale``): a 500,000-word store of 13 x 768 float16 against a 300-d float32 model on a
-2-worker LocalCluster with memory limits; prints time per word from 50,000 to 500,000 words and
-the peak resident memory of the workers and the client together. ``--quick`` shrinks both for a
-smoke test; ``--layers N`` keeps the study's words and width with N x N layers (same per-pair
+the engine's own product shape, before and after every ``cka_grid`` run: each run is compared with
+the best peak and with the mean of the two peaks around it), and the ratios. Scale mode
+(``--scale``): a 500,000-word store of 13 x 768 float16 against a 300-d float32 model on a 2-worker
+LocalCluster with memory limits; prints time per word from 50,000 to 500,000 words and the peak
+resident memory of the workers and the client together. Cluster mode (``--cluster``): the grid
+mode's two stores on the local cluster `wordspace compare` starts (one single-threaded worker
+process per core); times ``cka_grid`` and ``similarity_grid`` there. ``--quick`` shrinks them all
+for a smoke test; ``--layers N`` keeps the study's words and width with N x N layers (same per-pair
 work). The stores are laid out as `wordspace extract` writes a model of that many words (1,024-word
 chunks in shards of one block: 3,072 words at the study's size, 16,384 at 500,000) and opened with
 one block per Dask chunk, as `wordspace compare` opens them. Every figure is printed with the load
@@ -169,6 +171,30 @@ def write_in_subprocess(*args) -> None:
         raise RuntimeError(f"writing {args[0]} failed (exit code {process.exitcode})")
 
 
+def cluster_grid_benchmark(root: Path, words: int, layers: int, dim: int, repeats: int) -> None:
+    """``repeats`` rounds of ``cka_grid`` then ``similarity_grid`` of the grid mode's stores on
+    the local cluster that `wordspace compare` starts."""
+    from wordspace.cluster.client import dask_client
+
+    print(f"== cluster grid: {layers} x {layers} layers of {dim}, {words:,} words, float32 Zarr")
+    for name, seed in (("a", 1), ("b", 2)):
+        if not (root / name).exists():
+            write_in_subprocess(root / name, layers, words, dim, np.float32, seed)
+    a, b = open_model(root / "a", words), open_model(root / "b", words)
+    logging.getLogger("distributed.worker.memory").setLevel(logging.ERROR)
+    with dask_client(quiet=True) as client:
+        workers = len(client.scheduler_info(n_workers=-1)["workers"])
+        print(f"local cluster: {workers} worker processes x 1 thread")
+        warm = {"word": slice(0, 8192), "layer": slice(0, 2)}
+        _, seconds = timed(lambda: similarity_grid(a.isel(warm), b.isel(warm)))
+        print(f"  warm-up on 8,192 words (worker imports): {seconds:.1f} s")
+        for _ in range(repeats):
+            _, seconds = timed(lambda: cka_grid(a, b))
+            print(f"cka_grid on the cluster:                    {seconds:7.1f} s  ({load()})")
+            _, seconds = timed(lambda: similarity_grid(a, b))
+            print(f"similarity_grid on the cluster:             {seconds:7.1f} s  ({load()})")
+
+
 def scale_benchmark(root: Path, sizes: list[int], memory_limit: str) -> None:
     from distributed import Client, LocalCluster
 
@@ -217,6 +243,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="reduced sizes, for a smoke test")
     parser.add_argument("--scale", action="store_true", help="also run the 500k-word scale mode")
     parser.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--cluster", action="store_true", help="also run the cluster grid mode")
     parser.add_argument("--dir", type=Path, default=None, help="where to write the Zarr stores")
     parser.add_argument("--layers", type=int, default=13, help="layers per model in grid mode")
     parser.add_argument("--repeats", type=int, default=3, help="cka_grid runs in grid mode")
@@ -226,11 +253,11 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench_cka_cca_", dir=args.dir))
     try:
         dask.config.set(scheduler="threads")
+        grid_shape = (12_000, 4, 256) if args.quick else (46_906, args.layers, 768)
         if args.grid:
-            if args.quick:
-                grid_benchmark(root / "grid", 12_000, 4, 256, args.repeats)
-            else:
-                grid_benchmark(root / "grid", 46_906, args.layers, 768, args.repeats)
+            grid_benchmark(root / "grid", *grid_shape, args.repeats)
+        if args.cluster:
+            cluster_grid_benchmark(root / "grid", *grid_shape, args.repeats)
         if args.scale:
             sizes = [10_000, 20_000, 40_000] if args.quick else [50_000, 100_000, 200_000, 500_000]
             scale_benchmark(root / "scale", sizes, args.memory_limit)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from dask.delayed import Delayed
+from distributed import get_worker
 
 from wordspace.errors import WordspaceError
 from wordspace.metrics import (
@@ -431,8 +432,6 @@ def test_a_cluster_reads_store_blocks_in_the_chain_tasks_and_fetches_scattered_o
 
 
 def worker_address_and_words(stats: statistics_module.GramStatistics) -> tuple[str, int]:
-    from distributed import get_worker
-
     return get_worker().address, stats.n_words
 
 

@@ -590,6 +590,7 @@ def _row_norms(rows: Any, layers: int) -> Any:
 def _summarize(
     chain: _Chain, layout: _Layout, summary: Callable[[GramStatistics], SummaryT] | None
 ) -> GramStatistics | SummaryT:
+    """The centred statistics of the chains' summed totals, or ``summary`` of them."""
     stats = _finish(to_numpy(chain.total), layout)
     return stats if summary is None else summary(stats)
 

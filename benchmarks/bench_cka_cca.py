@@ -100,15 +100,21 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
+def grid_stores(root: Path, words: int, layers: int, dim: int) -> tuple[xr.DataArray, ...]:
+    """The grid modes' two random float32 models, written once (each in a process of its own)."""
+    for name, seed in (("a", 1), ("b", 2)):
+        if not (root / name).exists():
+            write_in_subprocess(root / name, layers, words, dim, np.float32, seed)
+    return open_model(root / "a", words), open_model(root / "b", words)
+
+
 def grid_benchmark(root: Path, words: int, layers: int, dim: int, repeats: int) -> None:
     """Times the study's function once, then ``repeats`` rounds of: sgemm peak, ``cka_grid``,
     sgemm peak, ``similarity_grid``. On a machine whose speed drifts, each ``cka_grid`` run's
     share of peak is taken against the mean of the two peaks around it (the goal line: the median
     run), and the best run against the best peak is shown too; the ratios use median times."""
     print(f"== grid: {layers} x {layers} layers of {dim}, {words:,} words, float32 Zarr store")
-    for name, seed in (("a", 1), ("b", 2)):
-        write_model(root / name, layers, words, dim, np.float32, seed)
-    a, b = open_model(root / "a", words), open_model(root / "b", words)
+    a, b = grid_stores(root, words, layers, dim)
     flop = 2 * words * (layers * dim) ** 2  # the cross products alone, as in the issue
 
     study_grid, t_study = study_grid_in_memory(a.values, b.values)
@@ -177,10 +183,7 @@ def cluster_grid_benchmark(root: Path, words: int, layers: int, dim: int, repeat
     from wordspace.cluster.client import dask_client
 
     print(f"== cluster grid: {layers} x {layers} layers of {dim}, {words:,} words, float32 Zarr")
-    for name, seed in (("a", 1), ("b", 2)):
-        if not (root / name).exists():
-            write_in_subprocess(root / name, layers, words, dim, np.float32, seed)
-    a, b = open_model(root / "a", words), open_model(root / "b", words)
+    a, b = grid_stores(root, words, layers, dim)
     logging.getLogger("distributed.worker.memory").setLevel(logging.ERROR)
     with dask_client(quiet=True) as client:
         workers = len(client.scheduler_info(n_workers=-1)["workers"])

@@ -101,9 +101,8 @@ def timed(fn):
 
 
 def grid_stores(root: Path, words: int, layers: int, dim: int) -> tuple[xr.DataArray, ...]:
-    """The grid modes' two random float32 models, written once, in this process as the grid mode
-    always wrote them, so its timings compare with earlier sessions' (one run with the stores
-    written by a subprocess timed ``cka_grid`` at 58-61 s against 51-58 s; cause not checked)."""
+    """The grid modes' two random float32 models, written once, in this process (as the grid
+    mode always wrote them)."""
     for name, seed in (("a", 1), ("b", 2)):
         if not (root / name).exists():
             write_model(root / name, layers, words, dim, np.float32, seed)

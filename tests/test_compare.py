@@ -136,3 +136,22 @@ def test_asif_compare_stores_accuracies_and_retrieved_words(tmp_path, capsys):
     assert main(["compare", url, "--a", "audio", "--b", "text", "--metrics", "asif",
                  "--k", "5000"]) == 2  # fmt: skip
     assert "anchor words are available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("metrics", "message"),
+    [
+        (["--metrics", "cka"], "--a a (A) and --b b (B): B contains infinite values"),
+        (["--metrics", "asif", "--k", "3"], "--a a (x) and --b b (y): anchors_x or anchors_y"),
+    ],
+)
+def test_infinite_values_on_a_cluster_are_one_line(store_with_models, capfd, metrics, message):
+    """The workers raise the error; it reaches the terminal once, not also as a worker's log."""
+    url, a, base = store_with_models
+    base = base.copy()
+    base[3:6, 1] = np.inf  # three words: ASIF's queries (2 of 14) read only their A side
+    write_model(url, "b", base[None])
+    assert main(["compare", url, "--a", "a", "--b", "b", *metrics, "--workers", "1"]) == 2
+    errors = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert len(errors) == 1 and message in errors[0] and "replace them with NaN" in errors[0]
+    assert open_store(url).comparison("a", "b") is None

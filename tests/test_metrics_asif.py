@@ -162,6 +162,8 @@ def test_nan_rows_are_left_out_and_counted(spaces):
         ({"queries_x": np.zeros((0, 12))}, "query set is empty"),
         ({"queries_x": np.zeros((4, 11))}, "queries_x: dimension 11"),
         ({"anchors_y": np.zeros((239, 12))}, "anchors_y: \\[239\\] rows"),
+        ({"queries_x": np.full((4, 12), -np.inf)}, "queries_x contains infinite values"),
+        ({"anchors_y": np.full((240, 12), np.inf)}, "anchors_x or anchors_y contains infinite"),
     ],
 )
 def test_bad_input_is_one_clear_error(spaces, change, message):

@@ -7,6 +7,7 @@ cluster of worker processes starts, each with a memory limit, and lives as long 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import dask
 from dask.utils import format_bytes, parse_bytes
-from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
+from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, Worker, WorkerPlugin
 from distributed.system import MEMORY_LIMIT
 
 from wordspace.errors import WordspaceError
@@ -42,6 +43,27 @@ def worker_memory_limit(memory_limit: str | None, n_workers: int) -> int:
     if limit <= 0:
         raise WordspaceError(f"--memory-limit {memory_limit!r}: must be more than 0 bytes")
     return limit
+
+
+def _not_a_user_error(record: logging.LogRecord) -> bool:
+    """False for distributed's "Compute Failed" record of a task that raised a WordspaceError."""
+    if not str(record.msg).startswith("Compute Failed"):
+        return True
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not any(str(arg).startswith(f"{WordspaceError.__name__}(") for arg in args)
+
+
+class UserErrorsUnlogged(WorkerPlugin):
+    """Workers leave out of their log the tasks that failed on a `WordspaceError` (bad input).
+
+    The client raises it and the command prints it as one line; distributed would also log it on
+    the worker, with the task and its traceback, in the same terminal.
+    """
+
+    name = "wordspace-user-errors-unlogged"
+
+    def setup(self, worker: Worker) -> None:
+        logging.getLogger("distributed.worker").addFilter(_not_a_user_error)
 
 
 def _connect(address: str | None, scheduler_file: str | None) -> Client:
@@ -99,6 +121,7 @@ def dask_client(
     if scheduler_file or address:
         client = _connect(address, scheduler_file)
         try:
+            client.register_plugin(UserErrorsUnlogged())
             if not quiet:
                 n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
                 print(
@@ -132,6 +155,7 @@ def dask_client(
             )
         )
     with cluster, Client(cluster) as client:
+        client.register_plugin(UserErrorsUnlogged())
         if not quiet:
             kind = f"GPU worker(s) on devices {','.join(gpus)}" if gpus else "worker(s)"
             print(

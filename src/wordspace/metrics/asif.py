@@ -195,11 +195,14 @@ def _candidate_pass(
     return dask.delayed(_ranked, pure=True)(states, n_layers)
 
 
-def _valid_rows(arrays: list[da.Array]) -> Any:
+def _valid_rows(arrays: list[da.Array]) -> tuple[Any, Any]:
+    """Which rows hold no NaN in any of ``arrays``, and whether any of them holds an infinity."""
     valid = ~da.isnan(arrays[0]).any(axis=1)
+    infinite = da.isinf(arrays[0]).any()
     for x in arrays[1:]:
         valid &= ~da.isnan(x).any(axis=1)
-    return valid
+        infinite |= da.isinf(x).any()
+    return valid, infinite
 
 
 def _check_cells(ks: Sequence[int], ps: Sequence[float], only: Any) -> list[tuple[int, float]]:
@@ -276,14 +279,18 @@ def _retrieve_grid(
     if n_queries == 0:
         raise WordspaceError("queries_x: the query set is empty; give at least one query row")
 
-    anchor_ok, query_ok, candidate_ok = (
-        np.asarray(to_numpy(v))
-        for v in dask.compute(
-            _valid_rows([a for a, _ in xs] + [a for a, _ in ys]),
-            _valid_rows([q for _, q in xs]),
-            _valid_rows([c for _, c in ys]),
-        )
-    )
+    inputs = {
+        "anchors_x or anchors_y": [a for a, _ in xs] + [a for a, _ in ys],
+        "queries_x": [q for _, q in xs],
+        "candidates_y": [c for _, c in ys],
+    }
+    checked = dask.compute(*(_valid_rows(arrays) for arrays in inputs.values()))
+    for name, (_, infinite) in zip(inputs, checked, strict=True):
+        if bool(to_numpy(infinite)):
+            raise WordspaceError(
+                f"{name} contains infinite values; replace them with NaN to leave those words out"
+            )
+    anchor_ok, query_ok, candidate_ok = (np.asarray(to_numpy(valid)) for valid, _ in checked)
     counts = {
         "n_anchors": int(anchor_ok.sum()),
         "n_queries": int(query_ok.sum()),

@@ -8,7 +8,7 @@ import numpy as np
 import xarray as xr
 
 from wordspace.cluster import on_backend
-from wordspace.errors import WordspaceError
+from wordspace.errors import WordspaceError, errors_prefixed
 from wordspace.metrics import similarity_grid
 from wordspace.pipeline.retrieval import asif_comparison
 from wordspace.pipeline.selection import sample_words, select_layers
@@ -60,7 +60,8 @@ def global_similarities(
         b = a if same else b.isel(word=chosen)
     data_a = on_backend(a.data, gpu)
     data_b = data_a if same else on_backend(b.data, gpu)
-    grid = similarity_grid(data_a, data_b, metrics=list(metrics), ridge=ridge)
+    with errors_prefixed(f"--a {model_a} (A) and --b {model_b} (B): "):
+        grid = similarity_grid(data_a, data_b, metrics=list(metrics), ridge=ridge)
     grid = grid.assign_coords(
         layer_a=[str(name) for name in a["layer"].values],
         layer_b=[str(name) for name in b["layer"].values],

@@ -8,7 +8,7 @@ import numpy as np
 import xarray as xr
 
 from wordspace.cluster import on_backend
-from wordspace.errors import WordspaceError
+from wordspace.errors import WordspaceError, errors_prefixed
 from wordspace.metrics.asif_protocols import asif_paired_protocol, asif_study_protocol
 from wordspace.pipeline.selection import sample_words, select_layers
 from wordspace.storage import store
@@ -54,10 +54,11 @@ def asif_comparison(
             f"--k {max(ks)}: only {n_anchors} anchor words are available; use k <= {n_anchors}"
         )
     a, b = on_backend(a.isel(word=chosen), gpu), on_backend(b.isel(word=chosen), gpu)
-    results = PROTOCOLS[protocol](
-        a, b, a["text"].values.astype(object), ks=tuple(ks), ps=tuple(ps), only=None,
-        query_fraction=query_share, seed=seed,
-    )  # fmt: skip
+    with errors_prefixed(f"--a {model_a} (x) and --b {model_b} (y): "):
+        results = PROTOCOLS[protocol](
+            a, b, a["text"].values.astype(object), ks=tuple(ks), ps=tuple(ps), only=None,
+            query_fraction=query_share, seed=seed,
+        )  # fmt: skip
     results = results.assign_coords(
         layer_a=[str(name) for name in a["layer"].values],
         layer_b=[str(name) for name in b["layer"].values],

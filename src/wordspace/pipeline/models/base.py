@@ -131,10 +131,18 @@ class ModelAdapter(ABC):
         return np.concatenate(self.embed(utterances), axis=1)
 
 
-def split_by_utterance(vectors: np.ndarray, utterances: list[Utterance]) -> list[np.ndarray]:
-    """(layers, words, dim) of consecutive utterances' words as one view per utterance."""
-    bounds = np.cumsum([0] + [len(utterance.words) for utterance in utterances]).tolist()
-    return [vectors[:, start:stop] for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
+class WordModelAdapter(ModelAdapter):
+    """A model that computes the words of a whole batch in one array (text, static vectors):
+    `embed` gives views of `embed_words`'s array, one per utterance."""
+
+    @abstractmethod
+    def embed_words(self, utterances: list[Utterance]) -> np.ndarray:
+        """The words of all `utterances` in order, (layers, words, dim) float32."""
+
+    def embed(self, utterances: list[Utterance]) -> list[np.ndarray]:
+        vectors = self.embed_words(utterances)
+        bounds = np.cumsum([0] + [len(utterance.words) for utterance in utterances]).tolist()
+        return [vectors[:, start:stop] for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 class AudioModelAdapter(ModelAdapter):

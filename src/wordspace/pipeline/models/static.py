@@ -16,7 +16,7 @@ from typing import TextIO
 import numpy as np
 
 from wordspace.errors import WordspaceError
-from wordspace.pipeline.models.base import ModelAdapter, Utterance, split_by_utterance
+from wordspace.pipeline.models.base import Utterance, WordModelAdapter
 from wordspace.pipeline.models.cache import build_once, cache_root, file_key
 from wordspace.pipeline.models.devices import torch_device
 from wordspace.pipeline.models.registry import ModelEntry, register, register_path_prefix
@@ -27,7 +27,7 @@ LINES_PER_CHUNK = 50_000
 VectorTable = tuple[np.ndarray, list[str]]
 
 
-class StaticVectorsModel(ModelAdapter):
+class StaticVectorsModel(WordModelAdapter):
     """Look each word up in a (vocabulary, dim) matrix; NaN for out-of-vocabulary words."""
 
     modality = "static"
@@ -65,9 +65,6 @@ class StaticVectorsModel(ModelAdapter):
     def rows(self, words: list[str]) -> np.ndarray:
         """Row of each word in the matrix, -1 when it is out of vocabulary."""
         return np.array([self._row_of_word.get(word, -1) for word in words], dtype=np.int64)
-
-    def embed(self, utterances: list[Utterance]) -> list[np.ndarray]:
-        return split_by_utterance(self.embed_words(utterances), utterances)
 
     def embed_words(self, utterances: list[Utterance]) -> np.ndarray:
         if self._vectors is None:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from wordspace.errors import WordspaceError
-from wordspace.pipeline.models.base import ModelAdapter, Utterance, split_by_utterance
+from wordspace.pipeline.models.base import Utterance, WordModelAdapter
 from wordspace.pipeline.models.devices import torch_device, torch_dtype
 from wordspace.pipeline.models.registry import ModelEntry, register
 
@@ -102,7 +102,7 @@ def _read_config(folder: Path):
     return config
 
 
-class TransformerTextModel(ModelAdapter):
+class TransformerTextModel(WordModelAdapter):
     """A BERT-family encoder: the embeddings' output and every layer's, pooled to words."""
 
     modality = "text"
@@ -218,9 +218,6 @@ class TransformerTextModel(ModelAdapter):
             stops=np.asarray(stops, dtype=np.int64),
         )
         return tokens, tokens_per_word
-
-    def embed(self, utterances: list[Utterance]) -> list[np.ndarray]:
-        return split_by_utterance(self.embed_words(utterances), utterances)
 
     def embed_words(self, utterances: list[Utterance]) -> np.ndarray:
         if self._model is None:

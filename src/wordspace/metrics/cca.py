@@ -7,35 +7,75 @@ float16/float32 inputs, float64 for float64 inputs). They are null directions up
 (constant or collinear columns, fewer words than dimensions) and whitening them would turn
 rounding noise into correlations of 1. Canonical correlations are then
 ``min(rank_a, rank_b)`` values. For full-rank but ill-conditioned spaces, use ``ridge``.
+
+A space that keeps every direction is whitened by the inverse of its covariance's Cholesky factor
+instead: the same correlations (whitenings differ by a rotation), and each pair's whitened
+cross-covariance is then two triangular products (``trmm``), half the flops of two ``gemm``.
 """
 
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
+from scipy.linalg import blas, lapack
 from threadpoolctl import threadpool_limits
 
 from wordspace.errors import WordspaceError
 from wordspace.metrics.statistics import GramStatistics, gram_statistics
 
 
-def _whitener(cov: np.ndarray, ridge: float, precision: float) -> np.ndarray:
-    """``W`` (d, rank) with ``Wᵀ C W = I`` on the kept eigen-directions of the ridged ``C``."""
+@dataclass(frozen=True)
+class _Whitener:
+    """A whitening ``W`` (``Wᵀ C W = I`` on the kept directions), applied as ``WᵀX`` or ``XW``.
+
+    ``matrix`` is ``W`` itself (d, rank), or with ``triangular`` the inverse ``L⁻¹`` of the
+    Cholesky factor ``C = L Lᵀ`` (``W = L⁻ᵀ``), applied by triangular products.
+    """
+
+    matrix: np.ndarray
+    triangular: bool
+
+    def left(self, x: np.ndarray) -> np.ndarray:
+        if self.triangular:
+            return blas.dtrmm(1.0, self.matrix, x, lower=1)
+        return self.matrix.T @ x
+
+    def right(self, x: np.ndarray) -> np.ndarray:
+        if self.triangular:
+            return blas.dtrmm(1.0, self.matrix, x, side=1, lower=1, trans_a=1)
+        return x @ self.matrix
+
+
+def _kept(eigenvalues: np.ndarray, d: int, precision: float) -> np.ndarray:
+    """The rank cut: eigenvalues (ascending) above ``d · precision · λ_max``; none if λ_max <= 0."""
+    if eigenvalues[-1] <= 0:
+        return np.zeros(len(eigenvalues), dtype=bool)
+    return eigenvalues > eigenvalues[-1] * d * precision
+
+
+def _whitener(cov: np.ndarray, ridge: float, precision: float) -> _Whitener:
+    """The whitening of the ridged ``C`` on its kept eigen-directions: triangular when all are."""
     d = cov.shape[0]
     if ridge:
         cov = (1 - ridge) * cov + (ridge * np.trace(cov) / d) * np.eye(d)
+    if _kept(np.linalg.eigvalsh(cov), d, precision).all():
+        # Rounding can still leave a C so near singular that it has no Cholesky factor.
+        factor, failed = lapack.dpotrf(cov, lower=1, clean=1)
+        if not failed:
+            inverse, failed = lapack.dtrtri(factor, lower=1)
+        if not failed:
+            return _Whitener(inverse, triangular=True)
     eigenvalues, eigenvectors = np.linalg.eigh(cov)
-    keep = eigenvalues > max(eigenvalues[-1], 0.0) * d * precision
-    if eigenvalues[-1] <= 0:
-        keep[:] = False
-    return eigenvectors[:, keep] / np.sqrt(eigenvalues[keep])
+    keep = _kept(eigenvalues, d, precision)
+    return _Whitener(eigenvectors[:, keep] / np.sqrt(eigenvalues[keep]), triangular=False)
 
 
-def _correlations(white_a: np.ndarray, cross: np.ndarray, white_b: np.ndarray) -> np.ndarray:
-    whitened = white_a.T @ cross @ white_b
+def _correlations(white_a: _Whitener, cross: np.ndarray, white_b: _Whitener) -> np.ndarray:
+    whitened = white_b.right(white_a.left(cross))
     if whitened.shape[0] > whitened.shape[1]:
         whitened = whitened.T
     # eigvalsh of the smaller Gram matrix is several times faster than an SVD at d = 768.

@@ -70,12 +70,12 @@ def related_pair(rng: np.random.Generator, n: int, d1: int, d2: int, offset: flo
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Keep the caller's word chunking, however small, so multi-chunk reductions are exercised,
-    and one product panel per layer."""
+    and product panels that cut across layers."""
     monkeypatch.setattr(statistics_module, "_MIN_CHUNK_WORDS", 1)
     monkeypatch.setattr(statistics_module, "_TARGET_CHUNK_BYTES", 1)
     monkeypatch.setattr(statistics_module, "_MIN_TASK_BYTES", 1)
     monkeypatch.setattr(statistics_module, "_PRODUCT_WORDS", 16)
-    monkeypatch.setattr(statistics_module, "_PANEL_COLUMNS", 1)  # a product panel per layer
+    monkeypatch.setattr(statistics_module, "_PANEL_COLUMNS", 5)
 
 
 def test_cka_matches_the_study_function_and_song_estimator():

@@ -22,6 +22,7 @@ from wordspace.metrics import (
     similarity_grid,
 )
 from wordspace.metrics import statistics as statistics_module
+from wordspace.metrics.cca import _whitener
 
 
 def reference_cka(x: np.ndarray, y: np.ndarray) -> float:
@@ -232,18 +233,34 @@ def test_ridge_shrinks_towards_scaled_identity():
     assert cca(x, y, ridge=ridge) < cca(x, y)
 
 
+@pytest.mark.parametrize("constant", [True, False])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_rank_deficient_spaces_give_no_spurious_correlations(dtype):
+def test_rank_deficient_spaces_give_no_spurious_correlations(dtype, constant):
     rng = np.random.default_rng(6)
     n = 400
     base = rng.standard_normal((n, 3))
-    # A constant column and a collinear column: rank 3 in 5 columns.
-    x = np.column_stack([base, np.full(n, 7.0), base[:, 0] - 2 * base[:, 1]]).astype(dtype)
+    # A collinear column (its rounding leaves a covariance with a Cholesky factor) and, with
+    # `constant`, a constant column: rank 3 in 4 or 5 columns.
+    extra = [np.full(n, 7.0)] if constant else []
+    x = np.column_stack([base, *extra, base[:, 0] - 2 * base[:, 1]]).astype(dtype)
     y = rng.standard_normal((n, 4)).astype(dtype)
     got = canonical_correlations(x, y)
     assert got.shape == (3,)
     np.testing.assert_allclose(got, reference_correlations(base, y), rtol=1e-4, atol=1e-6)
     assert got.max() < 0.5
+
+
+def test_only_clearly_full_rank_covariances_take_the_cholesky_whitening():
+    rng = np.random.default_rng(12)
+    x = related_pair(rng, 500, 8, 6)[0]
+    cov = np.cov(x, rowvar=False)
+    precision = float(np.finfo(np.float32).eps)
+    assert _whitener(cov, 0.0, precision).triangular
+    # Smallest eigenvalue just above the rank cut (8 · eps · λ_max): kept, through eigh.
+    values, vectors = np.linalg.eigh(cov)
+    values[0] = 1.5 * 8 * precision * values[-1]
+    near_cut = _whitener((vectors * values) @ vectors.T, 0.0, precision)
+    assert not near_cut.triangular and near_cut.matrix.shape == (8, 8)
 
 
 def test_fewer_words_than_dimensions_keeps_only_the_sample_span():

@@ -8,9 +8,10 @@ float16/float32 inputs, float64 for float64 inputs). They are null directions up
 rounding noise into correlations of 1. Canonical correlations are then
 ``min(rank_a, rank_b)`` values. For full-rank but ill-conditioned spaces, use ``ridge``.
 
-A space that keeps every direction is whitened by the inverse of its covariance's Cholesky factor
-instead: the same correlations (whitenings differ by a rotation), and each pair's whitened
-cross-covariance is then two triangular products (``trmm``), half the flops of two ``gemm``.
+A space whose covariance is clearly above the cut (see ``_clearly_full_rank``) is whitened by the
+inverse of its covariance's Cholesky factor instead: the same correlations (whitenings differ by a
+rotation), and each pair's whitened cross-covariance is then two triangular products (``trmm``),
+half the flops of two ``gemm``.
 """
 
 import os
@@ -57,18 +58,27 @@ def _kept(eigenvalues: np.ndarray, d: int, precision: float) -> np.ndarray:
     return eigenvalues > eigenvalues[-1] * d * precision
 
 
+def _clearly_full_rank(cov: np.ndarray, precision: float) -> bool:
+    """Whether every eigenvalue of ``C`` is above twice the rank cut's threshold taken with
+    ``‖C‖_F ≥ λ_max``: then ``C`` minus that multiple of ``I`` has a Cholesky factor. (Twice, so
+    that the factorisation's own rounding cannot pass a direction the cut drops.) A Cholesky
+    factorisation costs a third of ``eigvalsh``; spaces this cannot settle take the exact cut."""
+    d = cov.shape[0]
+    bound = 2 * d * precision * np.linalg.norm(cov)
+    _, failed = lapack.dpotrf(cov - bound * np.eye(d), lower=1, overwrite_a=1)
+    return bound > 0 and not failed
+
+
 def _whitener(cov: np.ndarray, ridge: float, precision: float) -> _Whitener:
-    """The whitening of the ridged ``C`` on its kept eigen-directions: triangular when all are."""
+    """The whitening of the ridged ``C`` on its kept eigen-directions: triangular when ``C`` is
+    clearly full rank (then its own Cholesky factorisation cannot fail)."""
     d = cov.shape[0]
     if ridge:
         cov = (1 - ridge) * cov + (ridge * np.trace(cov) / d) * np.eye(d)
-    if _kept(np.linalg.eigvalsh(cov), d, precision).all():
-        # Rounding can still leave a C so near singular that it has no Cholesky factor.
-        factor, failed = lapack.dpotrf(cov, lower=1, clean=1)
-        if not failed:
-            inverse, failed = lapack.dtrtri(factor, lower=1)
-        if not failed:
-            return _Whitener(inverse, triangular=True)
+    if _clearly_full_rank(cov, precision):
+        factor, _ = lapack.dpotrf(cov, lower=1, clean=1)
+        inverse, _ = lapack.dtrtri(factor, lower=1)
+        return _Whitener(inverse, triangular=True)
     eigenvalues, eigenvectors = np.linalg.eigh(cov)
     keep = _kept(eigenvalues, d, precision)
     return _Whitener(eigenvectors[:, keep] / np.sqrt(eigenvalues[keep]), triangular=False)

@@ -33,6 +33,7 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.system import CPU_COUNT
 from peak_memory import peak_rss_bytes, reset_peak_rss
 from threadpoolctl import threadpool_limits
 
@@ -56,7 +57,7 @@ def sgemm_peak(words: int, width: int) -> float:
     single-threaded product per core side by side (as the engine's Dask threads run them).
     """
     rng = np.random.default_rng(0)
-    cores = os.cpu_count() or 1
+    cores = CPU_COUNT
     a = [rng.standard_normal((words, width), dtype=np.float32) for _ in range(cores)]
     flop = 2 * words * width * width
     _, one_product = timed(lambda: a[0].T @ a[1 % cores])

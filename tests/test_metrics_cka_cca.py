@@ -1,6 +1,9 @@
 """Linear CKA (biased, debiased) and CCA against straightforward numpy formulas."""
 
+import os
 import pickle
+import subprocess
+import sys
 import warnings
 
 import dask
@@ -458,3 +461,17 @@ def test_a_cluster_summarises_the_statistics_on_a_worker(client):
     b[7] = np.nan
     address, words = gram_statistics(a, b, summary=worker_address_and_words)
     assert address in client.scheduler_info()["workers"] and words == 299
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_a_process_confined_to_one_cpu_runs_one_chain():
+    """Thread counts follow the CPUs this process may use (taskset, a Slurm allocation, a
+    container's quota), not the machine's count."""
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "import dask.threaded; from wordspace.metrics import statistics; "
+        "print(statistics._concurrent_tasks(dask.threaded.get, on_gpu=False))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import dask
+from dask.system import CPU_COUNT
 from dask.utils import format_bytes, parse_bytes
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, Worker, WorkerPlugin
 from distributed.system import MEMORY_LIMIT
@@ -134,9 +135,7 @@ def dask_client(
         return
     if gpus is not None and not gpus:
         raise WordspaceError("--gpu: no NVIDIA GPU visible here; leave --gpu out to use the CPU")
-    n_workers = (
-        len(gpus) if gpus else workers or max(1, (os.cpu_count() or 1) // threads_per_worker)
-    )
+    n_workers = len(gpus) if gpus else workers or max(1, CPU_COUNT // threads_per_worker)
     limit = worker_memory_limit(memory_limit, n_workers)
     # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which returns freed memory to the OS
     # at once: every large temporary (a model's activations, a block of words) is then faulted

@@ -14,7 +14,6 @@ rotation), and each pair's whitened cross-covariance is then two triangular prod
 half the flops of two ``gemm``.
 """
 
-import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+from dask.system import CPU_COUNT
 from scipy.linalg import blas, lapack
 from threadpoolctl import threadpool_limits
 
@@ -123,7 +123,7 @@ def _parallel_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
     """``map`` over threads with single-threaded BLAS: many small eigen-problems run several
     times faster side by side than one after another on threaded LAPACK (which collapses when the
     cores are shared)."""
-    with threadpool_limits(limits=1), ThreadPoolExecutor(os.cpu_count()) as pool:
+    with threadpool_limits(limits=1), ThreadPoolExecutor(CPU_COUNT) as pool:
         return list(pool.map(fn, items))
 
 

@@ -44,7 +44,6 @@ Missing words. A word (row) with a NaN anywhere in either input is left out, and
 infinite values are an error.
 """
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -58,6 +57,7 @@ from dask.delayed import Delayed, delayed
 from dask.local import get_sync
 from dask.optimization import cull
 from dask.sizeof import sizeof
+from dask.system import CPU_COUNT
 from threadpoolctl import threadpool_limits
 
 from wordspace.errors import WordspaceError
@@ -336,7 +336,7 @@ def _concurrent_tasks(scheduler: Any, on_gpu: bool) -> int:
     if scheduler is dask.threaded.get and on_gpu:
         return _GPU_CHAINS
     if scheduler in (dask.threaded.get, dask.multiprocessing.get):
-        return dask.config.get("num_workers", None) or os.cpu_count() or 1
+        return dask.config.get("num_workers", None) or CPU_COUNT
     return 1
 
 
@@ -345,7 +345,7 @@ def _compute(result: Delayed, scheduler: Any, tasks: int) -> Any:
     threads ever touch a GPU), and they share this process's BLAS threads."""
     if scheduler is not dask.threaded.get:
         return result.compute(scheduler=scheduler)
-    with threadpool_limits(limits=max(1, (os.cpu_count() or 1) // tasks)):
+    with threadpool_limits(limits=max(1, CPU_COUNT // tasks)):
         return result.compute(scheduler=scheduler, num_workers=tasks)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from dask.system import CPU_COUNT
 
 import wordspace
 from wordspace.pipeline.analyses import (
@@ -218,7 +219,7 @@ def draw_figures(
         if not (png.exists() and svg.exists() and mark.exists() and mark.read_text() == digest):
             mark.unlink(missing_ok=True)
             stale.append((name, key, results, figures_dir, mark, digest))
-    workers = min(len(stale), os.cpu_count() or 1)
+    workers = min(len(stale), CPU_COUNT)
     if workers > 1:
         # fork: the children start with matplotlib and the analyses already imported.
         context = multiprocessing.get_context("fork")

@@ -388,6 +388,9 @@ def test_debiased_cka_tends_to_zero_for_independent_data():
         (np.full((2, 3), 1.0), np.ones((2, 3)), "only 2 words are valid"),
         (np.ones((4, 2, 3, 1)), np.ones((4, 3)), "has 4 dimensions"),
         (np.array([["a", "b"]] * 5), np.ones((5, 3)), "floating-point"),
+        (np.ones((10, 0)), np.ones((10, 3)), r"A has no dims \(shape \(10, 0\)\)"),
+        (np.ones((4, 5)), np.ones((0, 5, 3)), r"B has no layers \(shape \(0, 5, 3\)\)"),
+        (np.ones((0, 4)), np.ones((0, 3)), "A has no words"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(x, y, message):

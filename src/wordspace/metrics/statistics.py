@@ -200,11 +200,18 @@ def as_layer_stack(x: Any, name: str) -> da.Array:
         raise WordspaceError(
             f"{name} must be an array (numpy, cupy, dask or xarray), got {type(x)}"
         )
+    given = tuple(x.shape)
     if x.ndim == 2:
         x = x[None]
     if x.ndim != 3:
         raise WordspaceError(
             f"{name} has {x.ndim} dimensions; pass (word, dim) or (layer, word, dim) arrays"
+        )
+    empty = [axis for axis, size in zip(("layer", "word", "dim"), x.shape, strict=True) if not size]
+    if empty:
+        raise WordspaceError(
+            f"{name} has no {empty[0]}s (shape {given}); pass embeddings with at least one layer, "
+            "3 words and one dimension"
         )
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise WordspaceError(f"{name} has dtype {x.dtype}; pass floating-point embeddings")

@@ -95,6 +95,7 @@ def test_compare_command_stores_and_prints(store_with_models, capsys):
         (["--a", "a", "--b", "missing"], "no model 'missing'"),
         (["--a", "a", "--b", "b", "--layers-a", "9"], "no layer '9'"),
         (["--a", "a", "--b", "b", "--metrics", "cka,svcca"], "unknown svcca"),
+        (["--a", "a", "--b", "b", "--ridge", "1.5"], "wordspace: error: --ridge=1.5 is outside"),
     ],
 )
 def test_bad_compare_requests(store_with_models, capsys, argv, message):

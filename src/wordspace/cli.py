@@ -291,7 +291,7 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers-b", help="layers of --b to compare (indices or names)")
     parser.add_argument("--sample", type=int, help="use a random sample of N words")
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample and ASIF queries")
-    parser.add_argument("--ridge", type=float, default=0.0, help="CCA ridge in [0, 1)")
+    parser.add_argument("--ridge", type=float, default=0.0, help="CCA ridge in [0, 1]")
     parser.add_argument("--k", default="100,250", help="ASIF k values (non-zeros kept)")
     parser.add_argument("--p", default="4,6", help="ASIF p values (exponents)")
     parser.add_argument(

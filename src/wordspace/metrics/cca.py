@@ -93,9 +93,10 @@ def _correlations(white_a: _Whitener, cross: np.ndarray, white_b: _Whitener) -> 
     return np.sqrt(np.clip(squared, 0.0, 1.0))
 
 
-def check_ridge(ridge: float) -> None:
+def check_ridge(ridge: float, name: str = "ridge") -> None:
+    """An error naming ``name`` unless the CCA shrinkage ``ridge`` is in [0, 1]."""
     if not 0.0 <= ridge <= 1.0:
-        raise WordspaceError(f"ridge={ridge} is outside [0, 1]; pass a shrinkage in [0, 1]")
+        raise WordspaceError(f"{name}={ridge} is outside [0, 1]; pass a shrinkage in [0, 1]")
 
 
 def canonical_correlations_from_statistics(

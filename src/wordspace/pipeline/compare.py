@@ -10,6 +10,7 @@ import xarray as xr
 from wordspace.cluster import on_backend
 from wordspace.errors import WordspaceError, errors_prefixed
 from wordspace.metrics import similarity_grid
+from wordspace.metrics.cca import check_ridge
 from wordspace.pipeline.retrieval import asif_comparison
 from wordspace.pipeline.selection import sample_words, select_layers
 from wordspace.storage import store
@@ -47,6 +48,7 @@ def global_similarities(
 
     With `gpu`, every block is moved to cupy on the workers before the products.
     """
+    check_ridge(ridge, "--ridge")
     a = select_layers(store.open_embedding(store_url, model_a), layers_a, "--layers-a")
     same = model_a == model_b and layers_a == layers_b
     b = (

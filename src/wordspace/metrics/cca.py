@@ -59,10 +59,10 @@ def _kept(eigenvalues: np.ndarray, d: int, precision: float) -> np.ndarray:
 
 
 def _clearly_full_rank(cov: np.ndarray, precision: float) -> bool:
-    """Whether every eigenvalue of ``C`` is above twice the rank cut's threshold taken with
-    ``‖C‖_F ≥ λ_max``: then ``C`` minus that multiple of ``I`` has a Cholesky factor. (Twice, so
-    that the factorisation's own rounding cannot pass a direction the cut drops.) A Cholesky
-    factorisation costs a third of ``eigvalsh``; spaces this cannot settle take the exact cut."""
+    """Whether ``C − 2·d·precision·‖C‖_F·I`` has a Cholesky factor, which proves every
+    eigenvalue of ``C`` above the rank cut (``‖C‖_F ≥ λ_max``; twice the cut, so that the
+    factorisation's own rounding cannot pass a direction the cut drops). It costs a third of
+    ``eigvalsh``; spaces it cannot settle take the exact cut."""
     d = cov.shape[0]
     bound = 2 * d * precision * np.linalg.norm(cov)
     _, failed = lapack.dpotrf(cov - bound * np.eye(d), lower=1, overwrite_a=1)

@@ -86,8 +86,8 @@ _PRODUCT_WORDS = 4096
 _GPU_CHAINS = 2
 # Columns of A per product panel, at most: A's columns are cut into equal panels. A product
 # packs all of B's rows for its panel, so wider panels pack them fewer times: for two 13 x 768
-# models on 2 cores (one product per core, 4,096 words), panels of 3,328 columns ran at
-# 351-367 GFLOP/s, added into float64 totals, against 327 for panels of one layer (768).
+# models on 2 cores (one 4,096-word product per core, float64 additions included), panels of
+# 2,496 and 3,328 columns ran at 351 and 367 GFLOP/s against 327 for panels of one layer (768).
 # Their float32 scratch is 3,328 x 9,984 floats (133 MB) per chain.
 _PANEL_COLUMNS = 4096
 

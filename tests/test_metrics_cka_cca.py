@@ -173,6 +173,28 @@ def test_a_chain_keeps_its_scratch_between_tasks_and_travels_with_its_waiting_ro
     np.testing.assert_allclose(stats.cross[1, :, 1], centred[0].T @ centred[1], rtol=1e-5)
 
 
+def test_chains_of_the_threaded_scheduler_add_into_one_total(small_chunks, monkeypatch):
+    """One copy of the statistics per pass, not one per thread: each chain's totals are as
+    large as the statistics (800 MB for two 13 x 768 models)."""
+    totals = []
+    make_chain = statistics_module._Chain.__init__
+
+    def record_totals(chain, total, *args, **kwargs):
+        totals.append(total)
+        make_chain(chain, total, *args, **kwargs)
+
+    monkeypatch.setattr(statistics_module._Chain, "__init__", record_totals)
+    rng = np.random.default_rng(8)
+    a, b = rng.standard_normal((2, 300, 6)), rng.standard_normal((3, 300, 5))
+    expected = similarity_grid(a, b)
+    totals.clear()
+    with dask.config.set(scheduler="threads", num_workers=3):
+        got = similarity_grid(da.from_array(a, chunks=(1, 40, 6)), da.from_array(b, (3, 40, 5)))
+    assert len(totals) == 3 and all(total is totals[0] for total in totals)
+    for name in expected.data_vars:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-9)
+
+
 def test_local_schedulers_read_blocks_inside_the_chain_tasks(small_chunks, monkeypatch):
     """Read by tasks of their own, blocks ran in Dask's order, ahead of the chains needing them."""
     rng = np.random.default_rng(7)

@@ -34,12 +34,12 @@ With the local threaded scheduler each task gets an equal share of the cores' BL
 (distributed workers already run single-threaded BLAS), so Dask threads and BLAS threads never
 oversubscribe.
 
-Numerics. Before the products, each layer is shifted by the column mean of the first word chunk,
-so the sums are of nearly centred data and the exact centring done at the end does not cancel
-digits. For float16/float32 inputs the products run in float32 (``sgemm``, twice the speed of
-``dgemm``) on blocks of ``_PRODUCT_WORDS`` words, and each block's products are added into the
-float64 totals, so float32 rounding never builds up over more than one block; float64 inputs run
-in float64 throughout.
+Numerics. Before the products, each layer is shifted by its column means over the first
+``_SHIFT_WORDS`` words, so the sums are of nearly centred data and the exact centring done at the
+end does not cancel digits. For float16/float32 inputs the products run in float32 (``sgemm``,
+twice the speed of ``dgemm``) on blocks of ``_PRODUCT_WORDS`` words, and each block's products are
+added into the float64 totals, so float32 rounding never builds up over more than one block;
+float64 inputs run in float64 throughout.
 
 Missing words. A word (row) with a NaN anywhere in either input is left out, and counted;
 infinite values are an error.
@@ -84,6 +84,9 @@ _MIN_TASK_BYTES = 2**24
 # 4,096 keeps the float32 -> float64 additions to a few per cent of the gemm time and the stacked
 # rows of a 13 x 768 model to 160 MB.
 _PRODUCT_WORDS = 4096
+# Words whose column means shift the data before the products: enough for nearly centred sums,
+# and a third of the first store chunk that the shift would otherwise read in full.
+_SHIFT_WORDS = 1024
 # Chains of tasks on one GPU in the local threaded scheduler. Measured on an H200 (13 x 768
 # layers, 46,906 words): 2 chains are as fast as 11, and each further thread pays seconds of
 # CUDA/cuBLAS start-up on its first product (79 s for a first call with 11 threads).
@@ -296,7 +299,8 @@ def gram_statistics(
     if not same:
         stacks.append(stack_b.rechunk({1: stack_a.chunks[1], 2: -1}))
     chunks = list(zip(*[_layer_blocks_per_chunk(stack) for stack in stacks], strict=True))
-    shifts = [delayed(_column_shift)(blocks, compute_dtype) for blocks in chunks[0]]
+    first_words = [_layer_blocks_per_chunk(stack[:, :_SHIFT_WORDS])[0] for stack in stacks]
+    shifts = [delayed(_column_shift)(blocks, compute_dtype) for blocks in first_words]
     scheduler = dask.base.get_scheduler(collections=shifts)
     xp = array_module(stack_a._meta)
     # No more chains than products (each holds a scratch, and on a cluster its own totals).

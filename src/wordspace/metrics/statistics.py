@@ -169,25 +169,26 @@ class _Layout:
 
 
 class _SharedTotals:
-    """One set of float64 totals that every chain of the local threaded scheduler adds into, and
-    the lock each addition takes.
+    """One set of float64 totals in host memory that every chain of the local threaded scheduler
+    adds into, and the lock each addition takes.
 
     Chains in one process need no totals of their own: with one copy, the pass holds the
     statistics once however many threads run it (two 13 x 768 models: 800 MB, not 800 MB per
     thread), and no chain's totals are added into another's at the end. Additions are a few
     per cent of the pass, so the lock is rarely contended. The order in which chains add their
     products varies from run to run, so results agree to rounding (about 1e-15), not bit for bit.
+    (GPU chains keep their own totals: a lock orders kernel launches, not the kernels, which
+    may overlap on per-thread streams.)
     """
 
-    def __init__(self, size: int, xp: Any) -> None:
-        self.total = xp.zeros(size, dtype=np.float64)
+    def __init__(self, size: int) -> None:
+        self.total = np.zeros(size, dtype=np.float64)
         self.lock = threading.Lock()
-        if xp is np:
-            # Fault the fresh pages in on every core now: otherwise the chain that adds first
-            # faults them all in alone while the others wait for it at the end (on the
-            # development VM, 0.7 s per 266 MB of fresh memory).
-            with ThreadPoolExecutor(CPU_COUNT) as pool:
-                list(pool.map(lambda part: part.fill(0), np.array_split(self.total, CPU_COUNT)))
+        # Fault the fresh pages in on every core now: otherwise the chain that adds first faults
+        # them all in alone while the others wait for it at the end (on the development VM,
+        # 0.7 s per 266 MB of fresh memory).
+        with ThreadPoolExecutor(CPU_COUNT) as pool:
+            list(pool.map(lambda part: part.fill(0), np.array_split(self.total, CPU_COUNT)))
 
     def chain(self) -> "_Chain":
         """A new chain adding into these totals."""
@@ -306,7 +307,7 @@ def gram_statistics(
     # No more chains than products (each holds a scratch, and on a cluster its own totals).
     chains = _concurrent_tasks(scheduler, on_gpu=xp is not np)
     chains = max(1, min(chains, stack_a.shape[1] // _PRODUCT_WORDS))
-    shared = _SharedTotals(layout.size, xp) if scheduler is dask.threaded.get else None
+    shared = _SharedTotals(layout.size) if scheduler is dask.threaded.get and xp is np else None
     states = []
     for share in _equal_shares(stack_a.chunks[1], chains):
         state = None

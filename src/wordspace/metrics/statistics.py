@@ -7,19 +7,19 @@ side, ``(words, layers * dim)``, and the cross products of a block are a few BLA
 one per panel of A's layers against all of B's (when A is B, only the panels on and above the
 diagonal). No ``n × n`` matrix ever exists.
 
-The pass. The words are cut into as many equal, contiguous shares as the active Dask scheduler
-runs tasks at once, and each share is a chain of tasks, one per word chunk (or part of a chunk)
-in it. A task copies its words, shifted, into the chain's row buffer, and the buffer's words are
-added into the chain's float64 totals in place, in one product, when the task's words would not
-fit beside them, when it is full, and at the end of the chain. A chunk of more words than a
-product is read once and added in several equal products. So products span the boundaries of
-small chunks (which need no merging) and only rows of small chunks wait between tasks. On the
-local threaded scheduler every chain adds into one shared set of totals; elsewhere (a cluster,
-processes) each chain has its own, and they are added pairwise at the end. A last task, where the
-sum lies, centres it and computes the caller's summary (the metrics' grids): on a cluster the
-statistics stay on a worker and only the summary reaches the client. So each chain allocates its
-scratch (and totals) once, however many chunks it reads, and memory is bounded by the size of the
-statistics and one chunk per chain, not by n.
+The pass. The words are cut into as many equal, contiguous shares as the active Dask scheduler runs
+tasks at once, and each share is a chain of tasks, one per word chunk (or part of a chunk) in it. A
+task copies its words, shifted, into the chain's row buffer, and the buffer's words are added into
+the chain's float64 totals in place, in one product, when the task's words would not fit beside
+them, when it is full, and at the end of the chain. A chunk of more words than a product is read
+once and added in several equal products. So products span the boundaries of small chunks (which
+need no merging) and only rows of small chunks wait between tasks. On the local threaded scheduler
+on CPUs every chain adds into one shared set of totals; elsewhere (a cluster, processes, a GPU)
+each chain has its own, and they are added pairwise at the end. A last task, where the sum lies,
+centres it and computes the caller's summary (the metrics' grids): on a cluster the statistics stay
+on a worker and only the summary reaches the client. So each chain allocates its scratch (and
+totals) once, however many chunks it reads, and memory is bounded by the size of the statistics and
+one chunk per chain, not by n.
 
 Each task reads its own chunk, one layer block at a time, each block copied into the row buffer
 before the next is read (a chunk larger than a product: all its blocks, then its products).
@@ -178,9 +178,8 @@ class _SharedTotals:
     per cent of the pass, so the lock is rarely contended. The order in which chains add their
     products varies from run to run, so results agree to rounding, not bit for bit (four runs over
     40,000 random words: CKA and CCA identical, debiased CKA, whose estimator cancels digits,
-    within 4e-13).
-    (GPU chains keep their own totals: a lock orders kernel launches, not the kernels, which
-    may overlap on per-thread streams.)
+    within 4e-13). GPU chains keep their own totals: a lock orders kernel launches, not the
+    kernels, which may overlap on per-thread streams.
     """
 
     def __init__(self, size: int) -> None:
@@ -444,7 +443,7 @@ def _add_words(
     shifts: list[Any],
     layout: _Layout,
     last: bool,
-    shared: "_SharedTotals | None" = None,
+    shared: _SharedTotals | None = None,
 ) -> "_Chain":
     """Add ``words`` of a chunk to the chain (a new chain if None: adding into the ``shared``
     totals if given, else into totals of its own).

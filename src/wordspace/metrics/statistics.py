@@ -708,10 +708,19 @@ def _mirror_upper_panels(matrix: np.ndarray, panel: int) -> None:
 
 def _subtract_outer(target: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """``target -= outer(left, right)`` in place, a band of rows at a time (no full-size
-    temporary: the stacked Gram matrix of two 13 x 768 models is 800 MB)."""
+    temporary: the stacked Gram matrix of two 13 x 768 models is 800 MB), the bands on all
+    cores: this runs after the chains, when the cores are otherwise idle."""
     band = max(1, (1 << 23) // max(1, target.shape[1]))
-    for start in range(0, target.shape[0], band):
+
+    def subtract(start: int) -> None:
         target[start : start + band] -= np.outer(left[start : start + band], right)
+
+    starts = range(0, target.shape[0], band)
+    if len(starts) == 1:
+        subtract(0)
+    else:
+        with ThreadPoolExecutor(CPU_COUNT) as pool:
+            list(pool.map(subtract, starts))
     return target
 
 

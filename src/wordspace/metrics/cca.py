@@ -44,13 +44,17 @@ class _Whitener:
     def left(self, x: np.ndarray) -> np.ndarray:
         """``Wᵀx``; a Fortran-ordered ``x`` may be overwritten."""
         if self.triangular:
-            return _lapack.multiply_lower(self.matrix, np.asfortranarray(x), False, False)
+            return _lapack.multiply_lower(
+                self.matrix, np.asfortranarray(x), right=False, transpose=False
+            )
         return self.matrix.T @ x
 
     def right(self, x: np.ndarray) -> np.ndarray:
         """``xW``; a Fortran-ordered ``x`` may be overwritten."""
         if self.triangular:
-            return _lapack.multiply_lower(self.matrix, np.asfortranarray(x), True, True)
+            return _lapack.multiply_lower(
+                self.matrix, np.asfortranarray(x), right=True, transpose=True
+            )
         return x @ self.matrix
 
 

@@ -98,20 +98,21 @@ def _product_terms(
     """Every matrix statistic as ``(field, offset in it, P, Q)``: the field's entries from the
     offset on are ``PᵀQ`` summed over the words."""
     (la, da_), (lb, db) = layout.shape_a, layout.shape_b
-    if layout.same:
-        terms = [("gram_a", 0, x, x)]
-    else:
-        terms = [("gram_a", i * da_ * da_, *[x[:, i * da_ : (i + 1) * da_]] * 2) for i in range(la)]
+    terms = []
+    if not layout.same:
+        terms += [
+            ("gram_a", i * da_ * da_, *[x[:, i * da_ : (i + 1) * da_]] * 2) for i in range(la)
+        ]
         terms += [("gram_b", j * db * db, *[y[:, j * db : (j + 1) * db]] * 2) for j in range(lb)]
-        terms.append(("cross", 0, x, y))
     if layout.debiased:
         norms = _row_norms(x, la)
         if not layout.same:
             norms = np.concatenate([norms, _row_norms(y, lb)], axis=1)
+            y = np.concatenate([y, norms], axis=1)
+        x = np.concatenate([x, norms], axis=1)
         norms64 = norms.astype(np.float64)
-        terms += [("a_norms", 0, x, norms), ("norms_norms", 0, norms64, norms64)]
-        if not layout.same:
-            terms.append(("b_norms", 0, y, norms))
+        terms.append(("norms_norms", 0, norms64, norms64))
+    terms.append(("products", 0, x, x if layout.same else y))
     return terms
 
 

@@ -617,10 +617,6 @@ class _Scratch:
             self.arrays[key, shape] = self.xp.empty(shape, dtype=self.dtype)
         return self.arrays[key, shape]
 
-    def matmul(self, left: Any, right: Any) -> Any:
-        out = self.array("matmul", (left.shape[0], right.shape[1]))
-        return self.xp.matmul(left, right, out=out)
-
     def add_cross(self, total: Any, x: Any, y: Any, panel: int, upper: bool) -> None:
         """``total += xᵀy``, one ``gemm`` per ``panel`` columns of ``x`` into a small float32
         scratch. With ``upper`` (``x`` is ``y``) only the blocks on and above the diagonal:

@@ -421,18 +421,17 @@ def _column_shift(blocks: list[Any], compute_dtype: np.dtype) -> Any:
 def _copy_shifted_rows(blocks: list[Any], shift: Any, words: slice, out: Any) -> None:
     """Rows ``words`` of a chunk's layer blocks, shifted, into the first rows of ``out``, a
     ``(words, columns)`` buffer whose first ``layers * dim`` columns hold the layers side by side;
-    blocks still to be read are read one at a time."""
-    count = words.stop - words.start
-    layers, dim = shift.shape
-    rows = out[:count, : layers * dim].reshape(count, layers, dim)
-    first = 0
+    blocks still to be read are read one at a time. Each layer goes into its own column slice (a
+    view in numpy and cupy alike, whatever columns follow)."""
+    rows = out[: words.stop - words.start]
+    dim = shift.shape[1]
+    layer = 0
     for block in blocks:
         block = _read(block)
-        last = first + block.shape[0]
-        array_module(block).subtract(
-            block[:, words].transpose(1, 0, 2), shift[None, first:last], out=rows[:, first:last]
-        )
-        first = last
+        for values in block:  # one layer's (word, dim) values
+            columns = slice(layer * dim, (layer + 1) * dim)
+            array_module(block).subtract(values[words], shift[layer], out=rows[:, columns])
+            layer += 1
 
 
 def _finite_rows(rows: Any, name: str) -> Any:

@@ -15,18 +15,16 @@ half the flops of two ``gemm``.
 """
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
-from dask.system import CPU_COUNT
 from threadpoolctl import threadpool_limits
 
 from wordspace.errors import WordspaceError
 from wordspace.metrics import _lapack
-from wordspace.metrics.statistics import GramStatistics, gram_statistics
+from wordspace.metrics.statistics import GramStatistics, _on_all_cores, gram_statistics
 
 
 @dataclass(frozen=True)
@@ -135,8 +133,8 @@ def _parallel_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
     """``map`` over threads with single-threaded BLAS: many small eigen-problems run several
     times faster side by side than one after another on threaded LAPACK (which collapses when the
     cores are shared)."""
-    with threadpool_limits(limits=1), ThreadPoolExecutor(CPU_COUNT) as pool:
-        return list(pool.map(fn, items))
+    with threadpool_limits(limits=1):
+        return _on_all_cores(fn, items)
 
 
 def cca_from_statistics(stats: GramStatistics, ridge: float = 0.0) -> np.ndarray:

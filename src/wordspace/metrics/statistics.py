@@ -46,7 +46,7 @@ infinite values are an error.
 """
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -132,10 +132,15 @@ class _Layout:
         return self.shape_a[0] if self.same else self.shape_a[0] + self.shape_b[0]
 
     @property
-    def row_widths(self) -> list[int]:
-        """Columns of each input's rows, norm columns included (one input when A is B)."""
+    def data_widths(self) -> list[int]:
+        """Columns of each input's layers side by side (one input when A is B)."""
         shapes = [self.shape_a] if self.same else [self.shape_a, self.shape_b]
-        return [layers * dim + self.norm_columns for layers, dim in shapes]
+        return [layers * dim for layers, dim in shapes]
+
+    @property
+    def row_widths(self) -> list[int]:
+        """Columns of each input's rows: its layers, then the norm columns."""
+        return [width + self.norm_columns for width in self.data_widths]
 
     def fields(self) -> list[tuple[str, tuple[int, ...]]]:
         """The statistics, in order: the products of the (widened) rows as one matrix,
@@ -198,8 +203,7 @@ class _SharedTotals:
         # Zero them on every core now, which faults the fresh pages in: otherwise the chain that
         # adds first faults them all in alone while the others wait for it at the end (on the
         # development VM, 0.7 s per 266 MB of fresh memory).
-        with ThreadPoolExecutor(CPU_COUNT) as pool:
-            list(pool.map(lambda part: part.fill(0), np.array_split(self.total, CPU_COUNT)))
+        _on_all_cores(lambda part: part.fill(0), np.array_split(self.total, CPU_COUNT))
 
     def chain(self) -> "_Chain":
         """A new chain adding into these totals."""
@@ -503,8 +507,8 @@ def _add_rows(sums: dict[str, Any], scratch: "_Scratch", rows: list[Any], layout
     """Add the statistics of stacked, shifted rows ``(words, layers * dim + norm columns)`` of A
     (and of B) into ``sums``, leaving out words with a NaN in either."""
     xp = scratch.xp
-    (la, da_), (lb, db) = layout.shape_a, layout.shape_b
-    widths = [la * da_] if layout.same else [la * da_, lb * db]
+    (la, _), (lb, _) = layout.shape_a, layout.shape_b
+    widths = layout.data_widths
     data = [r[:, :width] for r, width in zip(rows, widths, strict=True)]
     # Column sums first, one gemv each: a NaN or inf anywhere makes them non-finite, so rows
     # are checked one by one only in blocks that hold such values (or sums that overflow).
@@ -730,13 +734,14 @@ def _subtract_outer(target: np.ndarray, left: np.ndarray, right: np.ndarray) -> 
     def subtract(start: int) -> None:
         target[start : start + band] -= np.outer(left[start : start + band], right)
 
-    starts = range(0, target.shape[0], band)
-    if len(starts) == 1:
-        subtract(0)
-    else:
-        with ThreadPoolExecutor(CPU_COUNT) as pool:
-            list(pool.map(subtract, starts))
+    _on_all_cores(subtract, range(0, target.shape[0], band))
     return target
+
+
+def _on_all_cores(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+    """``map`` over one thread per core (numpy and BLAS release the GIL)."""
+    with ThreadPoolExecutor(CPU_COUNT) as pool:
+        return list(pool.map(fn, items))
 
 
 def _add_row_norm_products(

@@ -38,7 +38,7 @@ from peak_memory import peak_rss_bytes, reset_peak_rss
 from threadpoolctl import threadpool_limits
 
 from wordspace.metrics import cka_grid, similarity_grid
-from wordspace.storage.store import embedding_chunks, words_per_block
+from wordspace.storage.store import embedding_chunks, open_embedding_group, words_per_block
 
 
 def linear_CKA(X, Y):  # noqa: N802, N803 - the study's function (thesis 3.3.2), verbatim
@@ -84,12 +84,6 @@ def write_model(path: Path, layers: int, words: int, dim: int, dtype, seed: int)
     ds.to_zarr(path, zarr_format=3, consolidated=False, encoding=encoding)
 
 
-def open_model(path: Path, words: int) -> xr.DataArray:
-    """The `embedding` with Dask chunks of one layer by one block, as `open_embedding` gives."""
-    chunks = {"layer": 1, "word": words_per_block(words), "dim": -1}
-    return xr.open_zarr(path, consolidated=False, chunks=chunks)["embedding"]
-
-
 def study_grid_in_memory(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
     """The study's function over every layer pair, timed without the store reads."""
     return timed(lambda: np.array([[linear_CKA(x, y) for y in b] for x in a]))
@@ -107,7 +101,7 @@ def grid_stores(root: Path, words: int, layers: int, dim: int) -> tuple[xr.DataA
     for name, seed in (("a", 1), ("b", 2)):
         if not (root / name).exists():
             write_model(root / name, layers, words, dim, np.float32, seed)
-    return open_model(root / "a", words), open_model(root / "b", words)
+    return open_embedding_group(root / "a"), open_embedding_group(root / "b")
 
 
 def grid_benchmark(root: Path, words: int, layers: int, dim: int, repeats: int) -> None:
@@ -211,7 +205,7 @@ def scale_benchmark(root: Path, sizes: list[int], memory_limit: str) -> None:
     )
     write_in_subprocess(root / "text", 1, total, text_dim, np.float32, 4)
     print(f"stores written in {seconds:.0f} s  ({load()})")
-    speech, text = open_model(root / "speech", total), open_model(root / "text", total)
+    speech, text = open_embedding_group(root / "speech"), open_embedding_group(root / "text")
     logging.getLogger("distributed.worker.memory").setLevel(logging.ERROR)
     with (
         LocalCluster(

@@ -29,6 +29,7 @@ from zarr.storage import FsspecStore
 
 from wordspace.errors import WordspaceError
 from wordspace.storage.local import DirectWriteLocalStore
+from wordspace.storage.shard_reads import raw_embedding_blocks
 from wordspace.storage.word_table import WordTable, write_columns
 
 COMPLETE = "wordspace_complete"
@@ -234,7 +235,7 @@ async def _create_model_group(
                 raise WordspaceError(
                     f"{url}: model group {model!r} exists with another shape, dtype or block "
                     f"size ({existing.shape}, {existing.dtype}); "
-                    "pass --name to store this run under another name, or --overwrite"
+                    f"pass --name to store this run under another name, or delete {path} first"
                 )
             return False
     group = await root.create_group(path, overwrite=True)
@@ -262,13 +263,6 @@ async def _create_model_group(
     await layer.setitem(slice(None), np.asarray(layer_names, dtype=object))
     await group.update_attributes({**attrs, "block_words": block_words, "n_blocks": n_blocks})
     return True
-
-
-def delete_model(url: str | os.PathLike, model: str) -> None:
-    """Remove `/models/<model>` and everything in it."""
-    root = zarr.open_group(zarr_store(url), mode="r+")
-    if model_group_path(model) in root:
-        del root[model_group_path(model)]
 
 
 def block_bounds(url: str | os.PathLike, model: str) -> list[tuple[int, int]]:
@@ -337,14 +331,9 @@ def list_groups(url: str | os.PathLike, parent: str) -> list[str]:
     return sorted(name for name, _ in root[parent].groups())
 
 
-def open_embedding(
-    url: str | os.PathLike, model: str, *, chunk_words: int | None = None
-) -> xr.DataArray:
-    """The model's `embedding` (layer, word, dim) as a lazy DataArray with the word coordinates.
-
-    Dask chunks are one layer by one block of words (the unit the store was written in) unless
-    `chunk_words` asks for another length.
-    """
+def open_embedding(url: str | os.PathLike, model: str) -> xr.DataArray:
+    """The model's `embedding` (layer, word, dim) as a lazy DataArray with the word coordinates,
+    in Dask chunks of one layer by one block of words (see `open_embedding_group`)."""
     if model not in list_groups(url, "models"):
         known = ", ".join(list_groups(url, "models")) or "none yet"
         raise WordspaceError(
@@ -352,19 +341,30 @@ def open_embedding(
             f"run `wordspace extract {url} --model {model}` first"
         )
     attrs = model_attrs(url, model)
-    chunks = {"layer": 1, "word": chunk_words or int(attrs["block_words"]), "dim": -1}
-    group = xr.open_zarr(
-        zarr_store(url, read_only=True),
-        group=model_group_path(model),
-        consolidated=False,
-        zarr_format=3,
-        chunks=chunks,
-    )
+    embedding = open_embedding_group(url, model_group_path(model))
     table = open_word_table(url)
     word_coords = {name: table[name] for name in table.coords if table[name].dims == ("word",)}
-    embedding = group["embedding"].assign_coords(word_coords)
+    embedding = embedding.assign_coords(word_coords)
     embedding.attrs = attrs
     return embedding.rename(model)
+
+
+def open_embedding_group(url: str | os.PathLike, group: str = "") -> xr.DataArray:
+    """The `embedding` array of the Zarr group at `group`, lazily, in Dask chunks of one layer by
+    one shard of words (the unit it was written in). A local, uncompressed array is read
+    straight from its files (`shard_reads`); any other through zarr."""
+    zarr_root = zarr_store(url, read_only=True)
+    array = zarr.open_array(zarr_root, path=f"{group}/embedding".lstrip("/"), mode="r")
+    block_words = (array.shards or array.chunks)[1]
+    embedding = xr.open_zarr(
+        zarr_root,
+        group=group or None,
+        consolidated=False,
+        zarr_format=3,
+        chunks={"layer": 1, "word": block_words, "dim": -1},
+    )["embedding"]
+    raw = raw_embedding_blocks(_local_path(url) / array.path, array) if is_local(url) else None
+    return embedding if raw is None else embedding.copy(data=raw)
 
 
 def comparison_group_path(model_a: str, model_b: str) -> str:

@@ -75,7 +75,8 @@ def raw_embedding_blocks(folder: Path, array: zarr.Array) -> da.Array | None:
 
 def _block_layout(array: zarr.Array) -> _BlockLayout | None:
     metadata = array.metadata
-    if array.ndim != 3 or sys.byteorder != "little" or getattr(metadata, "zarr_format", 2) != 3:
+    readable_here = hasattr(os, "preadv") and sys.byteorder == "little"
+    if not readable_here or array.ndim != 3 or getattr(metadata, "zarr_format", 2) != 3:
         return None
     codecs = _as_lists(metadata.to_dict()["codecs"])
     codec = codecs[0] if len(codecs) == 1 else {"name": "more than one"}

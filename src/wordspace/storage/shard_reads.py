@@ -1,11 +1,12 @@
 """Reads a local model's raw shards straight into the blocks of a Dask array.
 
 zarr-python reads a shard through its asyncio codec pipeline, then copies each decoded inner chunk
-into the array it returns: one 3,072-word shard of a 768-dimensional float32 layer (9.4 MB) took
-4.0-4.3 ms here, against 1.4 ms to read the file. An `embedding` stored as `create_embedding`
-stores it (raw little-endian values, in shards of one block of words with a CRC-32C-checked index
-at either end, or in single chunks) is read here instead: one ``preadv`` per inner chunk, straight
-into the block Dask returns. Compressed arrays, other codecs and remote stores are left to zarr.
+into the array it returns. An `embedding` stored as `create_embedding` stores it (raw little-endian
+values, in shards of one block of words with a CRC-32C-checked index at either end, or in single
+chunks) is read here instead: one ``preadv`` per inner chunk, straight into the block Dask returns.
+One 3,072-word shard of a 768-dimensional float32 layer (9.4 MB) took 1.7 ms this way, against
+4.7-4.8 ms through zarr and 1.4 ms to read the file alone. Compressed arrays, other codecs and
+remote stores are left to zarr.
 """
 
 from __future__ import annotations
@@ -57,19 +58,18 @@ def raw_embedding_blocks(folder: Path, array: zarr.Array) -> da.Array | None:
         return None
     layers, words, _ = array.shape
     name = "read-raw-embedding-" + tokenize(str(folder), array.metadata.to_dict())
-    starts = range(0, words, layout.block_words)
+    block_words = [min(layout.block_words, words - s) for s in range(0, words, layout.block_words)]
     graph = {
         (name, layer, block, 0): (
             _read_block,
             str(folder / array.metadata.encode_chunk_key((layer, block, 0))),
-            min(layout.block_words, words - start),
+            block_words[block],
             layout,
         )
         for layer in range(layers)
-        for block, start in enumerate(starts)
+        for block in range(len(block_words))
     }
-    block_words = tuple(min(layout.block_words, words - start) for start in starts)
-    chunks = ((1,) * layers, block_words, (layout.dim,))
+    chunks = ((1,) * layers, tuple(block_words), (layout.dim,))
     return da.Array(graph, name, chunks, meta=np.empty((0, 0, 0), dtype=layout.dtype))
 
 
@@ -131,10 +131,10 @@ def _read_block(path: str, words: int, layout: _BlockLayout) -> np.ndarray:
     return block
 
 
-def _inner_chunks(descriptor: int, path: str, size: int, layout: _BlockLayout) -> np.ndarray:
+def _inner_chunks(descriptor: int, path: str, size: int, layout: _BlockLayout) -> list[list[int]]:
     """``(offset, length)`` of each inner chunk of the block's file, from its checked index."""
     if layout.index_location is None:
-        return np.array([[0, size]], dtype=np.uint64)
+        return [[0, size]]
     count = layout.block_words // layout.inner_words
     index_bytes = count * _INDEX_ENTRY_BYTES + _CHECKSUM_BYTES
     if size < index_bytes:
@@ -144,7 +144,7 @@ def _inner_chunks(descriptor: int, path: str, size: int, layout: _BlockLayout) -
     entries, checksum = index[:-_CHECKSUM_BYTES], index[-_CHECKSUM_BYTES:]
     if google_crc32c.value(entries) != int.from_bytes(checksum, "little"):
         raise _damaged(path, "its shard index fails its CRC-32C checksum")
-    return np.frombuffer(entries, dtype="<u8").reshape(count, 2)
+    return np.frombuffer(entries, dtype="<u8").reshape(count, 2).tolist()
 
 
 def _read_exactly(descriptor: int, path: str, rows: np.ndarray, offset: int) -> None:

@@ -11,6 +11,7 @@ remote stores are left to zarr.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -78,8 +79,10 @@ def _block_layout(array: zarr.Array) -> _BlockLayout | None:
     readable_here = hasattr(os, "preadv") and sys.byteorder == "little"
     if not readable_here or array.ndim != 3 or getattr(metadata, "zarr_format", 2) != 3:
         return None
-    codecs = _as_lists(metadata.to_dict()["codecs"])
-    codec = codecs[0] if len(codecs) == 1 else {"name": "more than one"}
+    codecs = json.loads(json.dumps(metadata.to_dict()["codecs"]))  # as stored: lists, not tuples
+    if len(codecs) != 1:  # a compressor or another codec after the values
+        return None
+    (codec,) = codecs
     dim = array.shape[2]
     if codec == _RAW[0]:
         block, inner, index_location = array.chunks, array.chunks, None
@@ -95,15 +98,6 @@ def _block_layout(array: zarr.Array) -> _BlockLayout | None:
     if not whole_rows or block[1] % inner[1]:
         return None
     return _BlockLayout(dim, array.dtype, array.fill_value, block[1], inner[1], index_location)
-
-
-def _as_lists(value: Any) -> Any:
-    """Metadata as JSON would give it (zarr's ``to_dict`` holds tuples)."""
-    if isinstance(value, tuple | list):
-        return [_as_lists(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _as_lists(item) for key, item in value.items()}
-    return value
 
 
 def _read_block(path: str, words: int, layout: _BlockLayout) -> np.ndarray:
